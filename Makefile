@@ -1,0 +1,47 @@
+# Two commands set up everything on a fresh Debian 12 machine: `make demo` and `make test`.
+# Both install what is missing: Debian packages (as root), the virtualenv in .venv, the project.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEBS := pcscd libpcsclite-dev swig vsmartcard-vpcd mosquitto socat gcc python3-dev python3-venv systemd iproute2
+
+.PHONY: demo test bench lint debs clean
+
+demo: $(STAMP)
+	$(BIN)/sscard demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy protocols
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy protocols
+
+debs:
+	@missing=$$(for p in $(DEBS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "Missing Debian packages:" $$missing; \
+	    echo "Run as root: apt-get update && apt-get install --no-install-recommends" $$missing; \
+	    exit 1; \
+	  fi; \
+	  echo "Installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | debs
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

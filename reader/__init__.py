@@ -1,0 +1,1 @@
+"""Everything in sscard-terminal that does I/O: readers, virtual devices, daemon, queue, uplink, CLI."""

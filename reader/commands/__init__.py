@@ -1,0 +1,1 @@
+"""Subcommands of `sscard`, one module each; every module exposes `register(subparsers)`."""

@@ -1,0 +1,1 @@
+"""Virtual devices: a card and a PSAM that sit where real ones would, behind the real reader stacks."""
