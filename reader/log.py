@@ -15,8 +15,18 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time (a redirected or captured stream included)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", stream: object = None) -> None:
-    """Send JSON lines at `level` and above to `stream` (stderr by default)."""
+    """Send JSON lines at `level` and above to `stream` (the current stderr by default)."""
     numeric = _LEVELS.get(level.lower(), logging.INFO)
     structlog.configure(
         processors=[
@@ -27,8 +37,8 @@ def configure_logging(level: str = "info", stream: object = None) -> None:
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),  # type: ignore[arg-type]
-        cache_logger_on_first_use=False,
+        logger_factory=structlog.WriteLoggerFactory(file=stream or _CurrentStderr()),  # type: ignore[arg-type]
+        cache_logger_on_first_use=True,
     )
     logging.getLogger("nfc").setLevel(max(numeric, logging.WARNING))
 

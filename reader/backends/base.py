@@ -7,8 +7,10 @@ new backend is a few blocking calls and nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 
@@ -43,6 +45,55 @@ class WaitCancelled(ReaderError):
     """A wait was cancelled from another thread (shutdown)."""
 
 
+class CancelEvent(threading.Event):
+    """A `threading.Event` that also wakes whoever is blocked in a native call when it is set.
+
+    Every wait takes a plain `threading.Event`; a backend blocked in C (SCardGetStatusChange,
+    a USB read) would notice it only at its next time slice. When the event is a CancelEvent,
+    the backend registers a wake-up (SCardCancel, closing a socket) through `cancel_hook`, so
+    a shutdown takes effect at once instead of after a slice.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wakers: dict[int, Callable[[], None]] = {}
+        self._wakers_lock = threading.Lock()
+        self._next_key = 0
+
+    def set(self) -> None:
+        super().set()
+        with self._wakers_lock:
+            wakers = list(self._wakers.values())
+        for wake in wakers:
+            wake()
+
+    def _add(self, wake: Callable[[], None]) -> int:
+        with self._wakers_lock:
+            self._next_key += 1
+            self._wakers[self._next_key] = wake
+            return self._next_key
+
+    def _discard(self, key: int) -> None:
+        with self._wakers_lock:
+            self._wakers.pop(key, None)
+
+
+@contextlib.contextmanager
+def cancel_hook(cancel: threading.Event, wake: Callable[[], None]) -> Iterator[None]:
+    """Run `wake` if `cancel` is set while the block runs (only a CancelEvent can tell us).
+
+    With a plain Event this does nothing, and the backend relies on its time slices.
+    """
+    if not isinstance(cancel, CancelEvent):
+        yield
+        return
+    key = cancel._add(wake)
+    try:
+        yield
+    finally:
+        cancel._discard(key)
+
+
 class CardChannel(Protocol):
     """An open channel to one card presented to one reader."""
 
@@ -57,7 +108,10 @@ class CardChannel(Protocol):
         ...
 
     def transmit(self, apdu: bytes, timeout: float | None = None) -> bytes:
-        """Send one command APDU, return data + SW1 SW2; raise CardRemoved or TransmitTimeout."""
+        """Send one command APDU, return data + SW1 SW2; raise CardRemoved or TransmitTimeout.
+
+        `timeout=None` means the channel's own default deadline, never "wait forever".
+        """
         ...
 
     def close(self) -> None:
@@ -75,11 +129,18 @@ class Reader(Protocol):
     def kind(self) -> ReaderKind: ...
 
     def wait_for_card(self, timeout: float | None, cancel: threading.Event) -> CardChannel | None:
-        """Block until a card is present and return an open channel; None on timeout."""
+        """Block until a card is present and return an open channel; None on timeout.
+
+        Raises WaitCancelled when `cancel` is set, ReaderUnavailable when the reader or its
+        service is gone (the next call tries again: backoff is the caller's, see loop.py).
+        """
         ...
 
     def wait_for_removal(self, timeout: float | None, cancel: threading.Event) -> bool:
-        """Block until the card has left; False on timeout."""
+        """Block until the card last returned by wait_for_card has left; False on timeout.
+
+        True as well when that card was swapped for another one in the meantime.
+        """
         ...
 
     def close(self) -> None:

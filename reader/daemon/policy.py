@@ -24,6 +24,8 @@ from dataclasses import dataclass
 class Outcome(enum.StrEnum):
     ACCEPTED = "accepted"
     DENIED = "denied"
+    UNCONFIRMED = "unconfirmed"
+    """A torn debit whose card never came back: the back office settles it from clearing."""
 
 
 class Reason(enum.StrEnum):
@@ -39,11 +41,14 @@ class Reason(enum.StrEnum):
     HOTLISTED = "hotlisted"
     REGION_NOT_ACCEPTED = "region_not_accepted"
     INSUFFICIENT_BALANCE = "insufficient_balance"
+    NOT_A_SOCIAL_SECURITY_CARD = "not_a_social_security_card"
+    CARD_NOT_GENUINE = "card_not_genuine"
     CARD_READ_FAILED = "card_read_failed"
     CARD_REMOVED = "card_removed"
     PURCHASE_FAILED = "purchase_failed"
     MAC2_INVALID = "mac2_invalid"
     OUT_OF_SERVICE = "out_of_service"
+    DEBIT_UNCONFIRMED = "debit_unconfirmed"
 
 
 @dataclass(frozen=True)

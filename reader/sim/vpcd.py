@@ -9,7 +9,9 @@ Two details decide the speed of every test and of the demo (readers.md §1.3): D
 writes the length and the body in two send() calls, so unless the card re-arms TCP_QUICKACK
 before every receive, Nagle and delayed ACK cost about 44 ms per APDU; and each answer must
 leave in one write. A vpcd connection that drops while the card is inserted (pcscd
-restarted) is dialled again, as a card left on a reader reappears when the service returns.
+restarted, or the card torn away by a fault injection) is dialled again after a little more
+than one pcscd presence poll, so that pcscd sees the card leave and come back, as it would see
+a real card pulled away and presented again.
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
 class VpcdLink:
     """One card in one vpcd slot; `insert()` and `remove()` at will."""
 
-    def __init__(self, card: CardSide, host: str = "127.0.0.1", port: int = 35963) -> None:
+    def __init__(
+        self, card: CardSide, host: str = "127.0.0.1", port: int = 35963, return_delay: float = 0.6
+    ) -> None:
         self.card = card
+        self.return_delay = return_delay
         self.host = host
         self.port = port
         self._inserted = threading.Event()
@@ -113,6 +118,8 @@ class VpcdLink:
                     self._sock = None
                 sock.close()
                 self.card.power_off()
+            if self._inserted.is_set():
+                time.sleep(self.return_delay)
 
     def _serve(self, sock: socket.socket) -> None:
         while True:

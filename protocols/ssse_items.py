@@ -1,0 +1,92 @@
+"""Read only the SSSE items a terminal needs: each APDU costs a few milliseconds on air.
+
+A bus validator wants the region and the card number (and, for concessions, the birth
+date); a library gate wants validity; a pharmacy wants the holder. `read_items` selects the
+SSSE and EF05, reads the requested EF05 items, authenticates a third-generation card with
+the PSAM when EF06 items are wanted or `authenticate` is asked for (a gate proves the card
+genuine), and reads the requested EF06 items. The spec version is read whenever the
+generation decides what follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from protocols.exchange import Transmit, command, exchange
+from protocols.fci import parse_fci
+from protocols.ssse import (
+    EF05,
+    EF06,
+    ITEMS,
+    ItemValue,
+    algorithm_id,
+    generation_from_version,
+    parse_item_record,
+    read_item,
+    select_ef,
+    select_ssse,
+)
+from protocols.ssse_auth import PsamSsseConfig
+from protocols.ssse_auth import authenticate as authenticate_with_psam
+from protocols.status import SecurityStatusNotSatisfied, raise_for_status
+
+CARD_IDENTIFICATION_CODE = 0x01
+SPEC_VERSION = 0x03
+
+
+@dataclass(frozen=True)
+class SsseItems:
+    """The items read, by name (None where absent), and whether the PSAM authenticated the card."""
+
+    values: dict[str, ItemValue]
+    authenticated: bool
+
+    def text(self, name: str) -> str | None:
+        value = self.values.get(name)
+        return value if isinstance(value, str) else None
+
+
+def _read(card: Transmit, tag: int, ef: bytes) -> ItemValue:
+    response = exchange(card, read_item(tag))
+    if response.sw in (0x6A83, 0x6A82):
+        return None
+    raise_for_status(response.sw, f"READ RECORD {ITEMS[tag].name}")
+    return parse_item_record(response.data, ef, expected_tag=tag).value
+
+
+def read_items(
+    card: Transmit,
+    psam: Transmit | None,
+    ef05: Collection[int],
+    ef06: Collection[int] = (),
+    *,
+    authenticate: bool = False,
+    psam_config: PsamSsseConfig | None = None,
+) -> SsseItems:
+    """The requested items of EF05 and EF06.
+
+    Raises `SecurityStatusNotSatisfied` when a third-generation card must be authenticated
+    and no PSAM was given, `SsseAuthenticationFailed` when the card is not genuine.
+    """
+    fci_data = command(card, select_ssse(), "SELECT SSSE")
+    algorithm = algorithm_id(parse_fci(fci_data, "SSSE FCI")) if fci_data else 0x01
+    command(card, select_ef(EF05), "SELECT EF05")
+    wanted = set(ef05)
+    needs_auth_decision = bool(ef06) or authenticate
+    if needs_auth_decision:
+        wanted |= {CARD_IDENTIFICATION_CODE, SPEC_VERSION}
+    values: dict[str, ItemValue] = {ITEMS[tag].name: _read(card, tag, EF05) for tag in sorted(wanted)}
+    authenticated = False
+    if needs_auth_decision:
+        version = values.get("spec_version")
+        card_id = values.get("card_identification_code")
+        if generation_from_version(version if isinstance(version, str) else "").needs_psam:
+            if psam is None or not isinstance(card_id, bytes):
+                raise SecurityStatusNotSatisfied(0x6982, "SSSE authentication needs the PSAM")
+            authenticate_with_psam(card, psam, card_id, algorithm, psam_config)
+            authenticated = True
+    if ef06:
+        command(card, select_ef(EF06), "SELECT EF06")
+        values.update({ITEMS[tag].name: _read(card, tag, EF06) for tag in ef06})
+    return SsseItems(values, authenticated)

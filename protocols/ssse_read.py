@@ -1,0 +1,118 @@
+"""Reading the SSSE: one conversation over the card's transmit (and the PSAM's for 3.00 cards).
+
+Order follows the reference flow: SELECT SSSE (algorithm id from the FCI), SELECT EF05,
+items 01, 03 and 07 (readable before authentication), then for a third-generation card the
+PSAM-backed authentication, then the remaining EF05 items and EF06. A third-generation card
+met without a PSAM yields an image with what was readable and `ef06_read` False, as reader
+SDKs do ("不插 PSAM，可读部分信息").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+
+from protocols.exchange import Transmit, command, exchange
+from protocols.fci import parse_fci
+from protocols.marks import PERSONAL, is_personal
+from protocols.ssse import (
+    EF05,
+    EF06,
+    ITEMS,
+    Generation,
+    ItemValue,
+    algorithm_id,
+    generation_from_version,
+    parse_item_record,
+    read_item,
+    region_code,
+    select_ef,
+    select_ssse,
+)
+from protocols.ssse_auth import PsamSsseConfig, authenticate
+from protocols.status import FileNotFound, RecordNotFound, raise_for_status
+
+
+@dataclass(frozen=True)
+class SsseImage:
+    """What the SSSE gave; None where an item is absent or was not readable."""
+
+    algorithm_id: int
+    card_identification_code: bytes | None = None
+    card_type: str | None = None
+    spec_version: str | None = None
+    initialising_institution: bytes | None = None
+    issue_date: dt.date | None = None
+    expiry_date: dt.date | None = None
+    card_number: str | None = field(default=None, metadata=PERSONAL)
+    social_security_number: str | None = field(default=None, metadata=PERSONAL)
+    name: str | None = field(default=None, metadata=PERSONAL)
+    name_extension: str | None = field(default=None, metadata=PERSONAL)
+    sex: str | None = None
+    ethnicity: str | None = None
+    birthplace: str | None = field(default=None, metadata=PERSONAL)
+    birth_date: dt.date | None = field(default=None, metadata=PERSONAL)
+    authenticated: bool = False
+    ef06_read: bool = False
+
+    @property
+    def region_code(self) -> str | None:
+        code = self.card_identification_code
+        return None if code is None or len(code) < 3 else region_code(code)
+
+    @property
+    def generation(self) -> Generation | None:
+        return None if self.spec_version is None else generation_from_version(self.spec_version)
+
+    @property
+    def full_name(self) -> str | None:
+        """Name and name extension joined, as 2.0 and 3.0 cards split long names."""
+        if self.name is None:
+            return None
+        return self.name + (self.name_extension or "")
+
+
+def _read(card: Transmit, tag: int, ef: bytes) -> ItemValue:
+    """One item by identifier; None when the card has no such record."""
+    spec = ITEMS[tag]
+    response = exchange(card, read_item(tag))
+    if response.sw in (0x6A83, 0x6A82):
+        return None
+    raise_for_status(response.sw, f"READ RECORD {spec.name}")
+    return parse_item_record(response.data, ef, expected_tag=tag).value
+
+
+def read_ssse(
+    card: Transmit,
+    psam: Transmit | None = None,
+    psam_config: PsamSsseConfig | None = None,
+) -> SsseImage:
+    """Read EF05 and, when allowed, EF06. Raises `FileNotFound` if the card has no SSSE."""
+    fci_data = command(card, select_ssse(), "SELECT SSSE")
+    algorithm = algorithm_id(parse_fci(fci_data, "SSSE FCI")) if fci_data else 0x01
+    values: dict[str, object] = {"algorithm_id": algorithm}
+    command(card, select_ef(EF05), "SELECT EF05")
+    for tag in (0x01, 0x03, 0x07):
+        values[ITEMS[tag].name] = _read(card, tag, EF05)
+    version = values["spec_version"]
+    generation = generation_from_version(version) if isinstance(version, str) else Generation.SECOND
+    card_id = values["card_identification_code"]
+    if generation.needs_psam:
+        if psam is None or not isinstance(card_id, bytes) or len(card_id) != 16:
+            return SsseImage(**values)  # type: ignore[arg-type]
+        authenticate(card, psam, card_id, algorithm, psam_config)
+        values["authenticated"] = True
+    for tag in (0x02, 0x04, 0x05, 0x06):
+        values[ITEMS[tag].name] = _read(card, tag, EF05)
+    try:
+        command(card, select_ef(EF06), "SELECT EF06")
+    except (FileNotFound, RecordNotFound):
+        return SsseImage(**values)  # type: ignore[arg-type]
+    for tag in (0x08, 0x09, 0x4E, 0x0A, 0x0B, 0x0C, 0x0D):
+        values[ITEMS[tag].name] = _read(card, tag, EF06)
+    values["ef06_read"] = True
+    return SsseImage(**values)  # type: ignore[arg-type]
+
+
+SSSE_PERSONAL_FIELDS = frozenset(f.name for f in dataclasses.fields(SsseImage) if is_personal(f))

@@ -1,0 +1,127 @@
+"""Reader settings: which PC/SC readers, NFC device and serial peripherals this terminal uses.
+
+Only the fields live here; the daemon's configuration loader composes `ReaderSettings` into
+the terminal configuration. `load_reader_settings` reads a TOML file on its own for the CLI
+(`sscard readers --config FILE`, `sscard read --config FILE`): the `[readers]` table when
+there is one, the whole document otherwise.
+
+The defaults describe the embedded bench (pcscd with the two vpcd slots: slot 0 is the
+contactless card, slot 1 the PSAM) and the usual names of real readers: dual-interface
+readers list their contactless slot as "... PICC ..." or "... Contactless ..." and their SAM
+slots as "... SAM ...".
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from reader.backends.base import ReaderKind
+from reader.backends.pcsc import PcscReader
+
+
+def _valid_pattern(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from error
+    return value
+
+
+class PcscSettings(BaseModel):
+    """PC/SC slots chosen by reader-name patterns (regular expressions, case-insensitive)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    contactless: str = Field(
+        default=r"contactless|picc|acr122|virtual pcd 00 00",
+        description="name pattern of the reader slot where cards are tapped",
+    )
+    sam: str | None = Field(
+        default=r"\bsam\b|virtual pcd 00 01",
+        description="name pattern of the PSAM slot; None when the terminal has no PSAM",
+    )
+    transmit_timeout: float = Field(default=2.0, gt=0, description="deadline of one APDU, seconds")
+    connect_timeout: float = Field(default=2.0, gt=0, description="deadline of SCardConnect, seconds")
+
+    _check_contactless = field_validator("contactless")(_valid_pattern)
+
+    @field_validator("sam")
+    @classmethod
+    def _check_sam(cls, value: str | None) -> str | None:
+        """An empty pattern would match every reader: it means "no PSAM slot"."""
+        return _valid_pattern(value or None)
+
+    def contactless_reader(self) -> PcscReader:
+        """The tap slot; a reader matching the SAM pattern is never taken for it."""
+        return PcscReader(
+            self.contactless,
+            ReaderKind.CONTACTLESS,
+            exclude=self.sam,
+            name="pcsc-contactless",
+            transmit_timeout=self.transmit_timeout,
+            connect_timeout=self.connect_timeout,
+        )
+
+    def sam_reader(self) -> PcscReader | None:
+        """The PSAM slot: a long-lived channel, opened once and reopened after a fault."""
+        if self.sam is None:
+            return None
+        return PcscReader(
+            self.sam,
+            ReaderKind.SAM,
+            name="pcsc-sam",
+            transmit_timeout=self.transmit_timeout,
+            connect_timeout=self.connect_timeout,
+        )
+
+    def role_of(self, reader_name: str) -> str | None:
+        """'sam', 'contactless' or None for a PC/SC reader name, as the readers above would pick."""
+        if self.sam is not None and re.search(self.sam, reader_name, re.IGNORECASE):
+            return "sam"
+        if re.search(self.contactless, reader_name, re.IGNORECASE):
+            return "contactless"
+        return None
+
+
+class NfcSettings(BaseModel):
+    """An nfcpy device: 'usb', 'usb:VID:PID', 'tty:USB0:pn532', 'udp:host:port' (tests)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str | None = Field(default=None, description="nfcpy device path; None when there is no NFC reader")
+
+
+class SerialSettings(BaseModel):
+    """Serial peripherals by device path (a stable /dev/serial/by-id/... link is best)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    relay: str | None = Field(default=None, description="gate relay (LCUS protocol)")
+    display: str | None = Field(default=None, description="line display with buzzer")
+
+
+class ReaderSettings(BaseModel):
+    """Everything about readers and peripherals, one section of the terminal configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pcsc: PcscSettings = PcscSettings()
+    nfc: NfcSettings = NfcSettings()
+    serial: SerialSettings = SerialSettings()
+
+
+def load_reader_settings(path: Path | None) -> ReaderSettings:
+    """Read settings from a TOML file (its `[readers]` table if present); defaults without a file."""
+    if path is None:
+        return ReaderSettings()
+    with path.open("rb") as handle:
+        document: dict[str, Any] = tomllib.load(handle)
+    section = document.get("readers", document)
+    return ReaderSettings.model_validate(section)

@@ -1,0 +1,27 @@
+"""Settings of the serial peripherals, composed into the `[readers.serial]` section."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RelaySettings(_Settings):
+    """An LCUS USB relay that opens the gate (a stable /dev/serial/by-id/... path is best)."""
+
+    device: str
+    channel: int = Field(1, ge=1, le=8)
+    baudrate: int = 9600
+
+
+class DisplaySettings(_Settings):
+    """The line display with its buzzer."""
+
+    device: str
+    rows: int = Field(2, ge=1, le=8)
+    columns: int = Field(20, ge=8, le=80)
+    baudrate: int = 115200
+    answer_timeout: float = Field(0.5, gt=0, le=5)

@@ -1,0 +1,1 @@
+"""Integration with the service manager (systemd): readiness, status and watchdog."""

@@ -1,0 +1,1 @@
+"""Tests of the pure protocol code: parsers, builders, conversations over stored dumps."""

@@ -1,0 +1,62 @@
+"""Fixtures for the reader tests: PC/SC readers on the vpcd bench, cards inserted without waiting."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from reader.backends.base import CancelEvent, ReaderKind
+from reader.backends.pcsc import PcscReader, wait_for_presence
+from reader.sim.card_side import CardSide
+from reader.sim.pcscd import VPCD_PORTS, PcscdBench
+from reader.sim.vpcd import VpcdLink
+from tests.conftest import SLOT0
+
+# pcscd polls vpcd every 400 ms (PCSCLITE_STATUS_POLL_RATE): the bound of every event.
+POLL_BOUND = 0.4
+# What a loaded two-core CI box may add to it.
+SLACK = 0.6
+
+
+@pytest.fixture
+def cancel() -> CancelEvent:
+    return CancelEvent()
+
+
+@pytest.fixture
+def reader_for(pcscd: PcscdBench) -> Iterator[Callable[..., PcscReader]]:
+    """PcscReader factory for a vpcd slot; every reader is closed at teardown."""
+    readers: list[PcscReader] = []
+
+    def make(slot: str = SLOT0, kind: ReaderKind = ReaderKind.CONTACTLESS, **options: float) -> PcscReader:
+        reader = PcscReader(f"^{re.escape(slot)}$", kind, name=f"test-{slot[-2:]}", **options)  # type: ignore[arg-type]
+        readers.append(reader)
+        return reader
+
+    yield make
+    for reader in readers:
+        reader.close()
+
+
+@pytest.fixture
+def present(pcscd: PcscdBench) -> Iterator[Callable[[CardSide, str], VpcdLink]]:
+    """Put a card in a vpcd slot without waiting for pcscd (latency is the test's business).
+
+    Teardown takes every card away and waits until pcscd saw the slot empty, so the next
+    test starts from a known state.
+    """
+    links: list[tuple[VpcdLink, str]] = []
+
+    def insert(card: CardSide, slot: str = SLOT0) -> VpcdLink:
+        link = VpcdLink(card, port=VPCD_PORTS[slot])
+        link.insert()
+        links.append((link, slot))
+        return link
+
+    yield insert
+    for link, _ in links:
+        link.remove()
+    for slot in {slot for _, slot in links}:
+        wait_for_presence(slot, present=False)

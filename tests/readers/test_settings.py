@@ -1,0 +1,87 @@
+"""Reader settings: TOML in, validated models out, readers built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from reader.backends.base import ReaderKind
+from reader.backends.settings import PcscSettings, ReaderSettings, load_reader_settings
+
+
+def test_defaults_describe_the_vpcd_bench() -> None:
+    pcsc = ReaderSettings().pcsc
+    assert pcsc.role_of("Virtual PCD 00 00") == "contactless"
+    assert pcsc.role_of("Virtual PCD 00 01") == "sam"
+
+
+@pytest.mark.parametrize(
+    ("reader", "role"),
+    [
+        ("ACS ACR1281 1S Dual Reader PICC 00 00", "contactless"),
+        ("ACS ACR1281 1S Dual Reader SAM 00 00", "sam"),
+        ("HID Global OMNIKEY 5422 Smartcard Reader 01 00", None),
+        ("Identiv uTrust 3700 F Contactless Reader 00 00", "contactless"),
+        ("ACS ACR122U PICC Interface 00 00", "contactless"),
+    ],
+)
+def test_default_patterns_on_real_reader_names(reader: str, role: str | None) -> None:
+    assert PcscSettings().role_of(reader) == role
+
+
+def test_the_sam_slot_is_never_taken_for_the_contactless_slot() -> None:
+    settings = PcscSettings(contactless="dual reader", sam="SAM")
+    tap = settings.contactless_reader()
+    assert tap.kind is ReaderKind.CONTACTLESS
+    assert tap.matches("ACS ACR1281 1S Dual Reader PICC 00 00")
+    assert not tap.matches("ACS ACR1281 1S Dual Reader SAM 00 00")
+    sam = settings.sam_reader()
+    assert sam is not None and sam.kind is ReaderKind.SAM
+    assert sam.matches("ACS ACR1281 1S Dual Reader SAM 00 00")
+    tap.close()
+    sam.close()
+
+
+def test_no_sam_configured() -> None:
+    assert PcscSettings(sam=None).sam_reader() is None
+
+
+def test_load_reads_the_readers_table(tmp_path: Path) -> None:
+    path = tmp_path / "terminal.toml"
+    path.write_text(
+        "[uplink]\nbroker = 'ignored here'\n"
+        "[readers.pcsc]\ncontactless = 'OMNIKEY 5022'\nsam = ''\ntransmit_timeout = 0.8\n"
+        "[readers.nfc]\npath = 'tty:USB0:pn532'\n"
+        "[readers.serial]\nrelay = '/dev/serial/by-id/usb-relay'\n"
+    )
+    settings = load_reader_settings(path)
+    assert settings.pcsc.contactless == "OMNIKEY 5022"
+    assert settings.pcsc.transmit_timeout == 0.8
+    assert settings.nfc.path == "tty:USB0:pn532"
+    assert settings.serial.relay == "/dev/serial/by-id/usb-relay"
+    assert settings.serial.display is None
+
+
+def test_a_file_without_readers_table_is_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "readers.toml"
+    path.write_text("[pcsc]\nenabled = false\n")
+    assert load_reader_settings(path).pcsc.enabled is False
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[pcsc]\ncontactless = '['\n", "[pcsc]\ntransmit_timeout = 0\n", "[pcsc]\nunknown = 1\n", "[nfcc]\n"],
+)
+def test_invalid_settings_are_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValidationError):
+        load_reader_settings(path)
+
+
+def test_an_empty_sam_pattern_means_no_sam() -> None:
+    settings = PcscSettings(sam="")
+    assert settings.sam is None
+    assert settings.role_of("Virtual PCD 00 01") is None
