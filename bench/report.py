@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -26,6 +27,15 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+
+
 def write(name: str, rows: list[dict[str, Any]], notes: str = "") -> Path:
     """Save `rows` as bench/results/<name>.json and print them as a table."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -33,18 +43,26 @@ def write(name: str, rows: list[dict[str, Any]], notes: str = "") -> Path:
     document = {
         "benchmark": name,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "notes": notes,
         "rows": rows,
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    print(table(name, rows, path))
+    if notes:
+        print(f"notes: {notes}")
+    return path
+
+
+def table(name: str, rows: list[dict[str, Any]], path: Path | None = None) -> str:
+    """The rows as an aligned text table (the union of their keys, in first-seen order)."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     widths = {c: max(len(c), *(len(_fmt(row.get(c))) for row in rows)) for c in columns}
-    print(f"\n== {name} ==  ({path})")
-    print("  ".join(c.ljust(widths[c]) for c in columns))
+    lines = [f"\n== {name} ==" + (f"  ({path})" if path else "")]
+    lines.append("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
     for row in rows:
-        print("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns))
-    return path
+        lines.append("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns).rstrip())
+    return "\n".join(lines)
 
 
 def _fmt(value: Any) -> str:

@@ -47,7 +47,8 @@ class SsseItems:
         return value if isinstance(value, str) else None
 
 
-def _read(card: Transmit, tag: int, ef: bytes) -> ItemValue:
+def read_value(card: Transmit, tag: int, ef: bytes) -> ItemValue:
+    """One item of the selected EF by identifier; None when the card has no such record."""
     response = exchange(card, read_item(tag))
     if response.sw in (0x6A83, 0x6A82):
         return None
@@ -76,7 +77,7 @@ def read_items(
     needs_auth_decision = bool(ef06) or authenticate
     if needs_auth_decision:
         wanted |= {CARD_IDENTIFICATION_CODE, SPEC_VERSION}
-    values: dict[str, ItemValue] = {ITEMS[tag].name: _read(card, tag, EF05) for tag in sorted(wanted)}
+    values: dict[str, ItemValue] = {ITEMS[tag].name: read_value(card, tag, EF05) for tag in sorted(wanted)}
     authenticated = False
     if needs_auth_decision:
         version = values.get("spec_version")
@@ -88,5 +89,5 @@ def read_items(
             authenticated = True
     if ef06:
         command(card, select_ef(EF06), "SELECT EF06")
-        values.update({ITEMS[tag].name: _read(card, tag, EF06) for tag in ef06})
+        values.update({ITEMS[tag].name: read_value(card, tag, EF06) for tag in ef06})
     return SsseItems(values, authenticated)

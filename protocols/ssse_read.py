@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 
-from protocols.exchange import Transmit, command, exchange
+from protocols.exchange import Transmit, command
 from protocols.fci import parse_fci
 from protocols.marks import PERSONAL, is_personal
 from protocols.ssse import (
@@ -21,17 +21,15 @@ from protocols.ssse import (
     EF06,
     ITEMS,
     Generation,
-    ItemValue,
     algorithm_id,
     generation_from_version,
-    parse_item_record,
-    read_item,
     region_code,
     select_ef,
     select_ssse,
 )
 from protocols.ssse_auth import PsamSsseConfig, authenticate
-from protocols.status import FileNotFound, RecordNotFound, raise_for_status
+from protocols.ssse_items import read_value
+from protocols.status import FileNotFound, RecordNotFound
 
 
 @dataclass(frozen=True)
@@ -73,16 +71,6 @@ class SsseImage:
         return self.name + (self.name_extension or "")
 
 
-def _read(card: Transmit, tag: int, ef: bytes) -> ItemValue:
-    """One item by identifier; None when the card has no such record."""
-    spec = ITEMS[tag]
-    response = exchange(card, read_item(tag))
-    if response.sw in (0x6A83, 0x6A82):
-        return None
-    raise_for_status(response.sw, f"READ RECORD {spec.name}")
-    return parse_item_record(response.data, ef, expected_tag=tag).value
-
-
 def read_ssse(
     card: Transmit,
     psam: Transmit | None = None,
@@ -94,7 +82,7 @@ def read_ssse(
     values: dict[str, object] = {"algorithm_id": algorithm}
     command(card, select_ef(EF05), "SELECT EF05")
     for tag in (0x01, 0x03, 0x07):
-        values[ITEMS[tag].name] = _read(card, tag, EF05)
+        values[ITEMS[tag].name] = read_value(card, tag, EF05)
     version = values["spec_version"]
     generation = generation_from_version(version) if isinstance(version, str) else Generation.SECOND
     card_id = values["card_identification_code"]
@@ -104,13 +92,13 @@ def read_ssse(
         authenticate(card, psam, card_id, algorithm, psam_config)
         values["authenticated"] = True
     for tag in (0x02, 0x04, 0x05, 0x06):
-        values[ITEMS[tag].name] = _read(card, tag, EF05)
+        values[ITEMS[tag].name] = read_value(card, tag, EF05)
     try:
         command(card, select_ef(EF06), "SELECT EF06")
     except (FileNotFound, RecordNotFound):
         return SsseImage(**values)  # type: ignore[arg-type]
     for tag in (0x08, 0x09, 0x4E, 0x0A, 0x0B, 0x0C, 0x0D):
-        values[ITEMS[tag].name] = _read(card, tag, EF06)
+        values[ITEMS[tag].name] = read_value(card, tag, EF06)
     values["ef06_read"] = True
     return SsseImage(**values)  # type: ignore[arg-type]
 

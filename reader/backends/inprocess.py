@@ -175,10 +175,9 @@ class InProcessReader:
     def wait_for_removal(self, timeout: float | None, cancel: threading.Event) -> bool:
         with cancel_hook(cancel, self._wake), self._cond:
             gone = self._cond.wait_for(
-                lambda: self._closed
-                or cancel.is_set()
-                or self._unavailable is not None
-                or self._taken != self._generation,
+                lambda: (
+                    self._closed or cancel.is_set() or self._unavailable is not None or self._taken != self._generation
+                ),
                 timeout,
             )
             self._raise_if_stopped(cancel)

@@ -145,9 +145,7 @@ class _Session:
         except DeadlineExceeded:
             raise TransmitTimeout(self.label, f"{what}: no answer within {timeout:.3g} s") from None
         except WorkerAbandoned:
-            raise TransmitTimeout(
-                self.label, f"{what}: an earlier exchange is still stuck in the driver"
-            ) from None
+            raise TransmitTimeout(self.label, f"{what}: an earlier exchange is still stuck in the driver") from None
         except WorkerClosed:
             raise ReaderError(self.label, f"{what}: the reader is closed") from None
 
@@ -348,7 +346,7 @@ class PcscReader:
         self.connect_timeout = connect_timeout
         self.poll_slice = poll_slice
         self.missed_taps = 0
-        self._log = _log.bind(reader=self._name)
+        self._log = get_logger(component="pcsc", reader=self._name)
         self._context_lock = threading.Lock()
         self._context: int | None = None
         self._context_owner: int | None = None
@@ -597,9 +595,7 @@ class PcscReader:
             return None
         generation, protocol = opened
         self._log.debug("pcsc_connected", pcsc_reader=reader, protocol=protocol)
-        return PcscChannel(
-            self._name, self._kind, session, reader, atr, generation, protocol, self.transmit_timeout
-        )
+        return PcscChannel(self._name, self._kind, session, reader, atr, generation, protocol, self.transmit_timeout)
 
 
 # --------------------------------------------------------------------------- listings
@@ -629,9 +625,7 @@ def reader_states() -> list[PcscReaderState]:
         if hresult == scard.SCARD_E_NO_READERS_AVAILABLE:
             return []
         _check(hresult, "SCardListReaders")
-        hresult, states = scard.SCardGetStatusChange(
-            context, 0, [(name, scard.SCARD_STATE_UNAWARE) for name in names]
-        )
+        hresult, states = scard.SCardGetStatusChange(context, 0, [(name, scard.SCARD_STATE_UNAWARE) for name in names])
         _check(hresult, "SCardGetStatusChange")
         return [
             PcscReaderState(

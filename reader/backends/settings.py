@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from reader.backends.base import ReaderKind
 from reader.backends.pcsc import PcscReader
+from reader.peripherals.settings import DisplaySettings, RelaySettings
 
 
 def _valid_pattern(value: str | None) -> str | None:
@@ -99,12 +100,21 @@ class NfcSettings(BaseModel):
 
 
 class SerialSettings(BaseModel):
-    """Serial peripherals by device path (a stable /dev/serial/by-id/... link is best)."""
+    """Serial peripherals (a stable /dev/serial/by-id/... device path is best).
+
+    Each is a table (`[readers.serial.relay]` with `device = ...`), or just the device path
+    as a string when the defaults fit.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    relay: str | None = Field(default=None, description="gate relay (LCUS protocol)")
-    display: str | None = Field(default=None, description="line display with buzzer")
+    relay: RelaySettings | None = Field(default=None, description="gate relay (LCUS protocol)")
+    display: DisplaySettings | None = Field(default=None, description="line display with buzzer")
+
+    @field_validator("relay", "display", mode="before")
+    @classmethod
+    def _device_path_alone(cls, value: object) -> object:
+        return {"device": value} if isinstance(value, str) else value
 
 
 class ReaderSettings(BaseModel):

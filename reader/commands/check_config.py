@@ -6,14 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from reader.config import EX_CONFIG, ConfigError, load_config, read_secret
+from reader.config import EX_CONFIG, ConfigError, check_secrets, load_config
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("check-config", help="validate a configuration file (exit 78 when it is wrong)")
     parser.add_argument("file", type=Path)
     parser.add_argument(
-        "--secrets", action="store_true", help="also check that every referenced secret can be read"
+        "--secrets",
+        action="store_true",
+        help="also read every secret the configuration references (token key, API token, uplink key files)",
     )
     parser.set_defaults(func=run)
 
@@ -22,9 +24,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
         if args.secrets:
-            read_secret(config.terminal.token_key)
-            if config.api is not None:
-                read_secret(config.api.token)
+            check_secrets(config, str(args.file))
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EX_CONFIG

@@ -111,13 +111,9 @@ def _serial_state(role: str, device: str, baudrate: int) -> dict[str, Any]:
 def serial_rows(settings: SerialSettings) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if settings.relay is not None:
-        from reader.peripherals.relay import LCUS_BAUDRATE
-
-        rows.append(_serial_state("relay", settings.relay, LCUS_BAUDRATE))
+        rows.append(_serial_state("relay", settings.relay.device, settings.relay.baudrate))
     if settings.display is not None:
-        from reader.peripherals.display import DISPLAY_BAUDRATE
-
-        rows.append(_serial_state("display", settings.display, DISPLAY_BAUDRATE))
+        rows.append(_serial_state("display", settings.display.device, settings.display.baudrate))
     return rows
 
 

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from reader.config import EX_CONFIG, ConfigError, load_config
+from reader.config import EX_CONFIG, ConfigError, check_secrets, load_config
 from reader.daemon.app import Daemon
+from reader.uplink.errors import UplinkConfigError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,12 +18,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 78 for anything the configuration got wrong, before a reader or the queue is opened.
+
+    Signals are taken over before the start: a SIGTERM that arrives while the readers are
+    being opened then stops the daemon in order instead of killing it in the middle.
+    """
     try:
         config = load_config(args.config)
-        daemon = Daemon(config, config_path=args.config)
-        daemon.start()
+        check_secrets(config, str(args.config))
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EX_CONFIG
-    daemon.run_until_stopped()
+    daemon = Daemon(config, config_path=args.config)
+    with daemon.signals():
+        try:
+            daemon.start()
+        except (ConfigError, UplinkConfigError) as error:
+            daemon.stop()
+            print(f"{args.config}: {error}", file=sys.stderr)
+            return EX_CONFIG
+        except BaseException:
+            # A reader loop may already be in a tap: let it finish before the error ends the process.
+            daemon.stop()
+            raise
+        daemon.run_until_stopped()
     return 0

@@ -10,16 +10,19 @@ progress, flush, exit 0) and SIGHUP (reload the hotlist and the fare rules).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import os
+import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from reader.backends.base import Reader
+from reader.backends.base import Reader, ReaderError
 from reader.backends.loop import ReaderLoop
 from reader.backends.nfc import NfcReader
 from reader.backends.sam import SamSlot
@@ -40,6 +43,17 @@ from reader.uplink.queue import TapQueue
 from reader.uplink.worker import UplinkWorker
 
 log = get_logger(component="daemon")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+LOOP_STOP_TIMEOUT = 15.0
+"""How long the tap in progress may take to finish on SIGTERM (the unit allows TimeoutStopSec=20s)."""
+
+RESTART_SECTIONS = ("terminal", "readers", "queue", "uplink", "hotlist", "api")
+"""Sections that the running daemon has built its parts from: a change waits for a restart."""
+
+
+def _note_signal(number: int, frame: object) -> None:
+    """The signal is taken from the wakeup pipe by the main loop; nothing is done here."""
 
 
 def default_readers(config: Config) -> tuple[list[Reader], Reader | None]:
@@ -77,6 +91,8 @@ class Daemon:
         self.notifier = notifier or SystemdNotifier.from_environment()
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
+        self._signal_pipe: tuple[int, int] | None = None
+        self._feedback_started = False
         self.loops: list[ReaderLoop] = []
         self.uplinks: list[UplinkWorker] = []
         self.api: LocalApi | None = None
@@ -112,6 +128,8 @@ class Daemon:
         for worker in self.uplinks:
             worker.start()
         feedback.start()
+        self._feedback_started = True
+        self._open_psam()
         for reader in self.readers:
             pipeline = TapPipeline(self.services, reader.name, config.readers.pcsc.transmit_timeout)
             loop = ReaderLoop(reader, pipeline)
@@ -133,16 +151,21 @@ class Daemon:
         )
 
     def stop(self) -> None:
-        """Finish the tap in progress on every reader, stop the uplinks, close the queue."""
+        """Finish the tap in progress on every reader, stop the uplinks, close the queue.
+
+        Also undoes a start that failed half-way, so only what was started is stopped.
+        """
         self.notifier.stopping()
         for loop in self.loops:
-            loop.stop(timeout=15.0)
+            if not loop.stop(timeout=LOOP_STOP_TIMEOUT):
+                log.error("reader_loop_not_stopped", reader=loop.reader.name, timeout_s=LOOP_STOP_TIMEOUT)
         if self.api is not None:
             self.api.stop()
         for worker in self.uplinks:
             worker.stop()
         if self.services is not None:
-            self.services.feedback.stop()
+            if self._feedback_started:
+                self.services.feedback.stop()
             if self.services.psam is not None:
                 self.services.psam.close()
             self.services.journal.close()
@@ -151,16 +174,60 @@ class Daemon:
             reader.close()
         log.info("daemon_stopped")
 
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """Take SIGTERM, SIGINT and SIGHUP over for `run_until_stopped` (main thread only).
+
+        The handlers only note the signal: the C-level handler writes its number to a pipe
+        that the main loop waits on. Setting a threading.Event from a Python signal handler
+        can deadlock, since the handler runs in the main thread, possibly while that thread
+        holds the event's lock inside `Event.wait`.
+        """
+        if self._signal_pipe is not None:
+            yield
+            return
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        previous = {number: signal.signal(number, _note_signal) for number in (*STOP_SIGNALS, signal.SIGHUP)}
+        self._signal_pipe = (read_fd, write_fd)
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+            signal.set_wakeup_fd(previous_fd)
+            self._signal_pipe = None
+            os.close(read_fd)
+            os.close(write_fd)
+
     def run_until_stopped(self) -> None:
-        """Supervise in the calling (main) thread until SIGTERM or SIGINT."""
-        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-        interval = watchdog_interval()
-        tick = min(1.0, interval / 2) if interval else 1.0
-        while not self.stopping.wait(tick):
-            self.supervise()
-        self.stop()
+        """Supervise in the calling (main) thread until SIGTERM or SIGINT, then stop in order."""
+        with self.signals():
+            assert self._signal_pipe is not None
+            read_fd = self._signal_pipe[0]
+            interval = watchdog_interval()
+            tick = min(1.0, interval / 2) if interval else 1.0
+            try:
+                while not self.stopping.is_set():
+                    ready, _, _ = select.select([read_fd], [], [], tick)
+                    if ready:
+                        self._take_signals(read_fd)
+                    if not self.stopping.is_set():
+                        self.supervise()
+            finally:
+                self.stop()
+
+    def _take_signals(self, read_fd: int) -> None:
+        try:
+            numbers = os.read(read_fd, 64)
+        except BlockingIOError:
+            return
+        for number in numbers:
+            if number in STOP_SIGNALS:
+                log.info("daemon_stopping", signal=signal.Signals(number).name)
+                self.stopping.set()
+            elif number == signal.SIGHUP:
+                self.reload_requested.set()
 
     def supervise(self) -> None:
         """One round of the main loop: reload if asked, settle stale tears, feed the watchdog."""
@@ -177,13 +244,24 @@ class Daemon:
     # ------------------------------------------------------------------ reload
 
     def reload(self) -> None:
-        """SIGHUP: a fresh hotlist from disk and the rules of a re-read configuration."""
+        """SIGHUP: a fresh hotlist from disk and the rules of a re-read configuration.
+
+        Only the terminal kind's rules ([bus], [library], [pharmacy]) take effect at once;
+        a change anywhere else is logged as needing a restart and the running value kept.
+        """
         services = self._services()
         self.notifier.reloading()
         path = self.config.hotlist.path
-        if path.exists():
+        try:
+            document = path.read_bytes()
+        except FileNotFoundError:
+            document = None
+        except OSError as error:
+            document = None
+            log.error("reload_hotlist_unreadable", error=str(error))
+        if document is not None:
             try:
-                services.hotlist.install(path.read_bytes(), services.hotlist.etag)
+                services.hotlist.install(document, services.hotlist.etag)
             except HotlistFormatError as error:
                 log.error("reload_hotlist_refused", error=str(error))
         if self.config_path is not None:
@@ -192,15 +270,14 @@ class Daemon:
             except ConfigError as error:
                 log.error("reload_config_refused", error=str(error))
             else:
-                if (fresh.terminal, fresh.readers, fresh.queue) != (
-                    self.config.terminal,
-                    self.config.readers,
-                    self.config.queue,
-                ):
-                    log.warning("reload_needs_restart", sections="terminal, readers or queue changed")
-                else:
-                    self.config = fresh
-                    services.config = fresh
+                kept = {name: getattr(self.config, name) for name in RESTART_SECTIONS}
+                changed = [name for name, value in kept.items() if getattr(fresh, name) != value]
+                if changed:
+                    log.warning("reload_needs_restart", sections=changed)
+                self.config = fresh.model_copy(update=kept)
+                services.config = self.config
+                if self.config.library is not None:
+                    services.feedback.gate_seconds = self.config.library.gate_open_seconds
         self.notifier.ready(self.status_line())
         log.info("daemon_reloaded", hotlist_version=services.hotlist.version)
 
@@ -249,6 +326,16 @@ class Daemon:
             raise RuntimeError("the daemon has not been started")
         return self.services
 
+    def _open_psam(self) -> None:
+        """Open the PSAM channel before READY, so a missing PSAM shows at start, not at the first tap."""
+        psam = self._services().psam
+        if psam is None:
+            return
+        try:
+            psam.channel()
+        except ReaderError as error:
+            log.warning("psam_not_open_at_start", reader=psam.name, error=str(error))
+
     def _settle_torn_debits(self) -> None:
         bus = self.config.bus
         window = dt.timedelta(seconds=bus.tearing_window_seconds if bus else 0)
@@ -270,10 +357,16 @@ class Daemon:
         settings = self.config.readers.serial.display
         if settings is None:
             return None
-        return LineDisplay(settings)
+        return LineDisplay(
+            settings.device,
+            rows=settings.rows,
+            columns=settings.columns,
+            baudrate=settings.baudrate,
+            answer_timeout=settings.answer_timeout,
+        )
 
     def _relay(self) -> GateRelay | None:
         settings = self.config.readers.serial.relay
         if settings is None:
             return None
-        return GateRelay(settings)
+        return GateRelay(settings.device, channel=settings.channel, baudrate=settings.baudrate)

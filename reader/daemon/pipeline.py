@@ -361,7 +361,7 @@ class TapPipeline:
         bus = self.services.config.bus
         assert bus is not None
         return BusRules(
-            line=bus.line,
+            line=_line_code(bus.line),
             fare=bus.fare,
             accepted_regions=tuple(bus.accepted_regions),
             passback=dt.timedelta(seconds=bus.passback_seconds),
@@ -396,7 +396,7 @@ class TapPipeline:
                 transaction_type=TRANSACTION_SINGLE_RIDE,
                 terminal_id=terminal,
                 industry=INDUSTRY_BUS,
-                line_station=bytes.fromhex(bus.line.zfill(4)[-4:]) + bytes(5),
+                line_station=bytes.fromhex(_line_code(bus.line)) + bytes(5),
                 amount=amount,
                 balance_after=balance_after,
                 time=now.replace(tzinfo=None),
@@ -467,11 +467,18 @@ class TapPipeline:
             mac2_verified=result.mac2_verified,
             recovered=recovered,
         )
-        if not result.mac2_verified and not recovered:
+        unverified = not result.mac2_verified and not recovered
+        if unverified and not isinstance(result.mac2_error, TRANSPORT_ERRORS):
             log.error("tap_mac2_invalid", error=str(result.mac2_error))
             decision = Decision(Outcome.DENIED, Reason.MAC2_INVALID, decision.fare)
-        elif fields.get("token"):
-            self.services.journal.paid(fields["token"], when or self.services.now(), self._passback_keep())
+        else:
+            if unverified:
+                # The PSAM did not answer (pulled, timed out): the card has debited and its TAC
+                # stands, checked at clearing like every debit. Refusing the ride now would
+                # send the person to tap again and pay twice.
+                log.warning("tap_mac2_unverified", error=str(result.mac2_error))
+            if fields.get("token"):
+                self.services.journal.paid(fields["token"], when or self.services.now(), self._passback_keep())
         extra = {"serial": serial}
         return TapOutcome(
             decision,
@@ -532,13 +539,17 @@ class TapPipeline:
     def _record_torn_attempt(self, pending: PendingDebit, token: str, region: str) -> None:
         """The torn tap never debited: it is recorded as a denied attempt under its own id."""
         outcome = TapOutcome(Decision(Outcome.DENIED, Reason.CARD_REMOVED), token=token, region=region)
-        self.services.queue.enqueue(
-            self._record(outcome, pending.tap_id, pending.created_at.astimezone(self.services.tz))
-        )
+        record = self._record(outcome, pending.tap_id, pending.created_at.astimezone(self.services.tz))
+        self.services.queue.enqueue(record)
+        self.services.events.publish(record)
 
 
 def settle_expired(services: Services, window: dt.timedelta, reader: str) -> int:
-    """Record torn debits whose card did not come back within `window` as unconfirmed."""
+    """Record torn debits whose card did not come back within `window` as unconfirmed.
+
+    A queue that refuses the record (full, disk full) leaves the entry in the journal for the
+    next round: the debit must not be forgotten, and the daemon must not die of it either.
+    """
     now = services.now()
     settled = 0
     for pending in services.journal.all_pending():
@@ -557,16 +568,26 @@ def settle_expired(services: Services, window: dt.timedelta, reader: str) -> int
             hotlist_version=services.hotlist.version,
             balance=recovery.balance_before,
             extra={
-                "atc": recovery.proof_atc,
+                "atc": recovery.offline_atc,
                 "psam_sequence": recovery.terminal_sequence,
                 "application_serial_masked": _mask_serial(recovery.application_serial),
             },
         )
-        services.queue.enqueue(record)
+        try:
+            services.queue.enqueue(record)
+        except OutOfServiceError as error:
+            log.error("tap_torn_debit_not_recorded", torn_tap_id=pending.tap_id, reason=error.reason)
+            break
         services.journal.end_debit(recovery.application_serial)
+        services.events.publish(record)
         log.warning("tap_torn_debit_unconfirmed", torn_tap_id=pending.tap_id)
         settled += 1
     return settled
+
+
+def _line_code(line: str) -> str:
+    """The line as the 0x1E record stores it (2 bytes BCD), and as rides read back from it compare."""
+    return line.zfill(4)[-4:]
 
 
 def _fare_decision(recovery: Recovery) -> Decision:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from reader.peripherals.display import DISPLAY_BAUDRATE
+from reader.peripherals.relay import LCUS_BAUDRATE
+
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -14,7 +17,7 @@ class RelaySettings(_Settings):
 
     device: str
     channel: int = Field(1, ge=1, le=8)
-    baudrate: int = 9600
+    baudrate: int = LCUS_BAUDRATE
 
 
 class DisplaySettings(_Settings):
@@ -23,5 +26,5 @@ class DisplaySettings(_Settings):
     device: str
     rows: int = Field(2, ge=1, le=8)
     columns: int = Field(20, ge=8, le=80)
-    baudrate: int = 115200
+    baudrate: int = DISPLAY_BAUDRATE
     answer_timeout: float = Field(0.5, gt=0, le=5)

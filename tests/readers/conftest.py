@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from reader.backends.base import CancelEvent, ReaderKind
 from reader.backends.pcsc import PcscReader, wait_for_presence
@@ -18,6 +22,21 @@ from tests.conftest import SLOT0
 POLL_BOUND = 0.4
 # What a loaded two-core CI box may add to it.
 SLACK = 0.6
+
+
+@pytest.fixture
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every log event, debug included, with the context variables (reader, tap_id) merged in.
+
+    The level is set here because another test may have configured a stricter one.
+    """
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
+            yield entries
+    finally:
+        structlog.configure(**saved)
 
 
 @pytest.fixture

@@ -30,9 +30,7 @@ Sscard = Callable[..., subprocess.CompletedProcess[str]]
 
 def sscard_process(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """The command in a process of its own, exactly as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "reader.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "reader.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -92,10 +90,7 @@ def test_readers_gives_each_slot_its_role_and_card(present: Present) -> None:
 def test_readers_reports_what_the_configuration_names_and_is_missing(
     pcscd: object, config: Callable[[str], Path], tmp_path: Path, sscard: Sscard
 ) -> None:
-    path = config(
-        '[readers.pcsc]\nsam = "no such reader"\n'
-        f'[readers.serial]\nrelay = "{tmp_path}/ttyRELAY"\n'
-    )
+    path = config(f'[readers.pcsc]\nsam = "no such reader"\n[readers.serial]\nrelay = "{tmp_path}/ttyRELAY"\n')
     result = sscard("readers", "--config", str(path), "--json")
     assert result.returncode == 1
     rows = rows_of(result)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
 from reader.backends.base import CardChannel, ReaderKind
 from reader.backends.inprocess import InProcessReader
@@ -85,18 +83,19 @@ def test_a_card_left_on_the_reader_is_not_processed_twice(loops: list[ReaderLoop
     assert loop.taps == 1
 
 
-def test_card_removed_during_processing_is_logged_and_the_loop_goes_on(loops: list[ReaderLoop]) -> None:
+def test_card_removed_during_processing_is_logged_and_the_loop_goes_on(
+    loops: list[ReaderLoop], logs: list[MutableMapping[str, Any]]
+) -> None:
     reader = InProcessReader("gate")
     recorder = Recorder(SELECT, READ_BINARY)
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        loop = run(loops, reader, recorder)
-        card = LeavingCard()
-        card.leave = reader.remove
-        card.gone = lambda: not card.powered
-        reader.insert(card)
-        assert until(lambda: loop.failures == 1 and loop.state is LoopState.WAITING)
-        reader.insert(CountingCard())
-        assert recorder.seen.get(timeout=BOUND)[0] == b"\x90\x00"
+    loop = run(loops, reader, recorder)
+    card = LeavingCard()
+    card.leave = reader.remove
+    card.gone = lambda: not card.powered
+    reader.insert(card)
+    assert until(lambda: loop.failures == 1 and loop.state is LoopState.WAITING)
+    reader.insert(CountingCard())
+    assert recorder.seen.get(timeout=BOUND)[0] == b"\x90\x00"
     removed = [entry for entry in logs if entry["event"] == "card_removed_during_processing"]
     assert len(removed) == 1
     assert removed[0]["reader"] == "gate"
@@ -118,7 +117,9 @@ def test_a_hung_card_times_out_and_the_next_card_is_served(loops: list[ReaderLoo
         hung.release.set()
 
 
-def test_a_bug_in_processing_does_not_stop_the_reader(loops: list[ReaderLoop]) -> None:
+def test_a_bug_in_processing_does_not_stop_the_reader(
+    loops: list[ReaderLoop], logs: list[MutableMapping[str, Any]]
+) -> None:
     reader = InProcessReader("gate")
     calls: queue.Queue[int] = queue.Queue()
 
@@ -126,30 +127,30 @@ def test_a_bug_in_processing_does_not_stop_the_reader(loops: list[ReaderLoop]) -
         calls.put(1)
         raise ZeroDivisionError("bug in card code")
 
-    with capture_logs() as logs:
-        loop = run(loops, reader, process)
-        for _ in range(2):
-            reader.insert(CountingCard())
-            calls.get(timeout=BOUND)
-            assert until(lambda: loop.state is LoopState.WAITING_REMOVAL)
-            reader.remove()
+    loop = run(loops, reader, process)
+    for _ in range(2):
+        reader.insert(CountingCard())
+        calls.get(timeout=BOUND)
+        assert until(lambda: loop.state is LoopState.WAITING_REMOVAL)
+        reader.remove()
     assert loop.failures == 2
     assert loop.alive()
     assert sum(entry["event"] == "card_processing_crashed" for entry in logs) == 2
 
 
-def test_reader_unavailable_is_retried_with_backoff_until_it_returns(loops: list[ReaderLoop]) -> None:
+def test_reader_unavailable_is_retried_with_backoff_until_it_returns(
+    loops: list[ReaderLoop], logs: list[MutableMapping[str, Any]]
+) -> None:
     reader = InProcessReader("gate")
     recorder = Recorder()
-    with capture_logs() as logs:
-        loop = run(loops, reader, recorder, backoff=Backoff(initial=0.01, cap=0.05))
-        reader.unplug()
-        assert until(lambda: loop.state is LoopState.RECOVERING)
-        time.sleep(0.2)  # several attempts while the reader is away
-        assert loop.status().unavailable_since is not None
-        reader.plug()
-        reader.insert(CountingCard())
-        assert recorder.seen.get(timeout=BOUND) == [b"\x90\x00"]
+    loop = run(loops, reader, recorder, backoff=Backoff(initial=0.01, cap=0.05))
+    reader.unplug()
+    assert until(lambda: loop.state is LoopState.RECOVERING)
+    time.sleep(0.2)  # several attempts while the reader is away
+    assert loop.status().unavailable_since is not None
+    reader.plug()
+    reader.insert(CountingCard())
+    assert recorder.seen.get(timeout=BOUND) == [b"\x90\x00"]
     events = [entry["event"] for entry in logs]
     assert events.count("reader_unavailable") == 1  # logged once, not once per attempt
     assert events.count("reader_still_unavailable") >= 2
@@ -179,7 +180,11 @@ def test_stop_wakes_a_long_wait_at_once(loops: list[ReaderLoop]) -> None:
 def test_liveness_reports_a_stalled_worker(loops: list[ReaderLoop]) -> None:
     reader = InProcessReader("gate")
     unblock = threading.Event()
-    loop = run(loops, reader, lambda channel: unblock.wait(BOUND), stall_after=0.1)
+
+    def slow(channel: CardChannel) -> None:
+        unblock.wait(BOUND)
+
+    loop = run(loops, reader, slow, stall_after=0.1)
     other = run(loops, InProcessReader("other"), Recorder())
     assert until(lambda: loop.state is LoopState.WAITING)
     assert all_alive([loop, other])
@@ -200,16 +205,18 @@ def test_sam_reader_gives_a_channel_that_outlives_taps() -> None:
 
 
 def test_loop_over_pcsc_logs_each_step_of_a_tap(
-    loops: list[ReaderLoop], reader_for: Callable[..., PcscReader], present: Callable[..., VpcdLink]
+    loops: list[ReaderLoop],
+    reader_for: Callable[..., PcscReader],
+    present: Callable[..., VpcdLink],
+    logs: list[MutableMapping[str, Any]],
 ) -> None:
     recorder = Recorder(SELECT, GET_DATA)
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        loop = run(loops, reader_for(), recorder, wait_slice=0.5)
-        for _ in range(2):
-            link = present(CountingCard())
-            assert recorder.seen.get(timeout=POLL_BOUND + SLACK + 1.0) == [b"\x90\x00", bytes.fromhex("00029000")]
-            link.remove()
-            assert until(lambda: loop.state is LoopState.WAITING, POLL_BOUND + SLACK + 1.0)
+    loop = run(loops, reader_for(), recorder, wait_slice=0.5)
+    for _ in range(2):
+        link = present(CountingCard())
+        assert recorder.seen.get(timeout=POLL_BOUND + SLACK + 1.0) == [b"\x90\x00", bytes.fromhex("00029000")]
+        link.remove()
+        assert until(lambda: loop.state is LoopState.WAITING, POLL_BOUND + SLACK + 1.0)
     assert loop.taps == 2
     steps = [entry for entry in logs if entry.get("tap_id")]
     taps = {entry["tap_id"] for entry in steps}

@@ -38,9 +38,7 @@ def test_insert_and_remove_are_seen_within_the_poll_bound(
     assert reader.wait_for_removal(POLL_BOUND + SLACK, cancel)
 
 
-def test_card_already_present_is_returned_at_once(
-    reader_for: ReaderFor, present: Present, cancel: CancelEvent
-) -> None:
+def test_card_already_present_is_returned_at_once(reader_for: ReaderFor, present: Present, cancel: CancelEvent) -> None:
     present(CountingCard())
     first = reader_for().wait_for_card(POLL_BOUND + SLACK, cancel)
     assert first is not None

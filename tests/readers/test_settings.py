@@ -60,7 +60,8 @@ def test_load_reads_the_readers_table(tmp_path: Path) -> None:
     assert settings.pcsc.contactless == "OMNIKEY 5022"
     assert settings.pcsc.transmit_timeout == 0.8
     assert settings.nfc.path == "tty:USB0:pn532"
-    assert settings.serial.relay == "/dev/serial/by-id/usb-relay"
+    assert settings.serial.relay is not None and settings.serial.relay.device == "/dev/serial/by-id/usb-relay"
+    assert settings.serial.relay.channel == 1
     assert settings.serial.display is None
 
 
