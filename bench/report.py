@@ -33,6 +33,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "loadavg_1_5_15": [round(load, 2) for load in os.getloadavg()],
     }
 
 
@@ -67,5 +68,5 @@ def table(name: str, rows: list[dict[str, Any]], path: Path | None = None) -> st
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return "" if value is None else str(value)

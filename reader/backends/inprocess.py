@@ -77,6 +77,10 @@ class InProcessChannel:
                 )
             except TransmitTimeout:
                 raise
+            except ConnectionError as error:
+                # A card-side emulator that loses power mid-command (a tear) raises ConnectionError,
+                # as its bridges do when a connection drops: for the terminal the card has left.
+                raise CardRemoved(name, f"the card lost power: {error}") from error
             except Exception:
                 # A card emulator that fails because it left the field is a removal; otherwise a bug.
                 self._reader.check_session(self._generation)

@@ -92,6 +92,8 @@ class LoopStatus:
 class ReaderLoop:
     """Drive one reader in a thread of its own, calling `process(channel)` for each card.
 
+    `new_tap_id` names each card's session in the logs (the daemon passes the generator of
+    its tap record ids, so a tap has one id from detection to record).
     `wait_slice` bounds every blocking call so that the loop beats (liveness) at least that
     often; `stall_after` is how long without a beat makes `alive()` false (processing a card
     counts as one long step, so keep it well above the slowest transaction).
@@ -105,8 +107,10 @@ class ReaderLoop:
         wait_slice: float = 1.0,
         backoff: Backoff | None = None,
         stall_after: float = 30.0,
+        new_tap_id: Callable[[], str] | None = None,
     ) -> None:
         self.reader = reader
+        self._new_tap_id = new_tap_id or (lambda: uuid.uuid4().hex[:12])
         self._process = process
         self.wait_slice = wait_slice
         self.backoff = backoff or Backoff()
@@ -205,7 +209,7 @@ class ReaderLoop:
         self._recovered()
         if channel is None:
             return
-        tap_id = uuid.uuid4().hex[:12]
+        tap_id = self._new_tap_id()
         with structlog.contextvars.bound_contextvars(tap_id=tap_id):
             self.taps += 1
             self._log.info("card_present", card=classify_atr(channel.atr).describe())

@@ -35,7 +35,7 @@ from reader.daemon.pipeline import Services, TapPipeline, settle_expired
 from reader.log import get_logger
 from reader.peripherals.display import LineDisplay
 from reader.peripherals.relay import GateRelay
-from reader.service.notify import SystemdNotifier, watchdog_interval
+from reader.service.notify import NotifyError, SystemdNotifier, watchdog_interval
 from reader.uplink import create_hotlist_sync, create_uplink
 from reader.uplink.errors import HotlistFormatError
 from reader.uplink.hotlist import HotlistStore
@@ -132,7 +132,7 @@ class Daemon:
         self._open_psam()
         for reader in self.readers:
             pipeline = TapPipeline(self.services, reader.name, config.readers.pcsc.transmit_timeout)
-            loop = ReaderLoop(reader, pipeline)
+            loop = ReaderLoop(reader, pipeline, new_tap_id=self.services.tap_ids.next)
             loop.start()
             self.loops.append(loop)
         if config.api is not None:
@@ -153,9 +153,13 @@ class Daemon:
     def stop(self) -> None:
         """Finish the tap in progress on every reader, stop the uplinks, close the queue.
 
-        Also undoes a start that failed half-way, so only what was started is stopped.
+        Also undoes a start that failed half-way, so only what was started is stopped. A
+        manager that cannot be told is no reason to abandon the tap in progress.
         """
-        self.notifier.stopping()
+        try:
+            self.notifier.stopping()
+        except NotifyError as error:
+            log.error("notify_failed", error=str(error))
         for loop in self.loops:
             if not loop.stop(timeout=LOOP_STOP_TIMEOUT):
                 log.error("reader_loop_not_stopped", reader=loop.reader.name, timeout_s=LOOP_STOP_TIMEOUT)

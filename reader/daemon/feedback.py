@@ -38,6 +38,7 @@ _DENIED_TEXT: dict[Reason, str] = {
     Reason.PURCHASE_FAILED: "请重新刷卡 Tap again",
     Reason.MAC2_INVALID: "请联系客服 See staff",
     Reason.OUT_OF_SERVICE: "暂停服务 Out of service",
+    Reason.PSAM_UNAVAILABLE: "暂停服务 Out of service",
 }
 
 

@@ -57,7 +57,7 @@ from protocols.tunion import (
     select_tunion,
 )
 from protocols.tunion_read import public_info, read_balance
-from reader.backends.base import CardChannel, CardRemoved, TransmitTimeout
+from reader.backends.base import CardChannel, CardRemoved, ReaderError, TransmitTimeout
 from reader.backends.sam import SamSlot
 from reader.config import Config
 from reader.daemon.events import CardRequests, EventHub
@@ -165,7 +165,8 @@ class TapPipeline:
 
     def __call__(self, channel: CardChannel) -> None:
         services = self.services
-        tap_id = services.tap_ids.next()
+        bound = structlog.contextvars.get_contextvars().get("tap_id")
+        tap_id = bound or services.tap_ids.next()
         now = services.now()
         structlog.contextvars.bind_contextvars(tap_id=tap_id)
         try:
@@ -187,9 +188,21 @@ class TapPipeline:
             except READ_ERRORS as error:
                 log.warning("tap_card_unreadable", error=str(error))
                 outcome = _denied(Reason.CARD_READ_FAILED)
+            except ReaderError as error:
+                psam = services.psam.name if services.psam is not None else None
+                log.error("tap_reader_failed", failed=error.reader, error=str(error))
+                outcome = _denied(Reason.PSAM_UNAVAILABLE if error.reader == psam else Reason.CARD_READ_FAILED)
+            log.info(
+                "tap_decided",
+                result=outcome.decision.outcome.value,
+                reason=outcome.decision.reason.value,
+                fare=outcome.decision.fare.amount if outcome.decision.fare else None,
+                pending=outcome.pending,
+            )
             self._finish(outcome, tap_id, now)
         finally:
-            structlog.contextvars.unbind_contextvars("tap_id")
+            if not bound:
+                structlog.contextvars.unbind_contextvars("tap_id")
 
     # ------------------------------------------------------------------ record and signal
 
@@ -219,8 +232,9 @@ class TapPipeline:
         services.events.publish(record)
         balance_after = outcome.debit.balance_after if outcome.debit else None
         services.feedback.give(signal_for(decision, balance_after))
-        if outcome.holder is not None and services.card_requests is not None:
-            services.card_requests.offer(outcome.holder)
+        if services.card_requests is not None:
+            answer = {"tap_id": record["tap_id"], "result": record["result"], "reason": record["reason"]}
+            services.card_requests.offer({**answer, **(outcome.holder or {})})
 
     def _record(self, outcome: TapOutcome, tap_id: str, now: dt.datetime) -> dict[str, Any]:
         extra = {key: value for key, value in outcome.extra.items() if key != "serial"}
@@ -257,6 +271,7 @@ class TapPipeline:
             return _denied(Reason.CARD_READ_FAILED), {}
         region = card_id[:3].hex().upper()
         token = services.token(number)
+        log.info("tap_card_read", region=region, authenticated=items.authenticated)
         settings = services.config.library or services.config.pharmacy
         assert settings is not None
         tap = HolderTap(
@@ -306,6 +321,12 @@ class TapPipeline:
             except ApplicationBlocked:
                 app_problem = Reason.APP_BLOCKED
 
+        # The purse's own money, and the overdraft allowance (GET BALANCE P1 00 counts it in).
+        own = allowance = 0
+        if public is not None:
+            own = read_balance(card, include_overdraft=False)
+            allowance = max(0, read_balance(card) - own)
+
         # A torn debit is settled first, while the PSAM may still hold its purchase session.
         pending = services.journal.pending(public.application_serial) if public else None
         recovered: PurchaseResult | NotDebited | PurchaseFailure | None = None
@@ -325,37 +346,43 @@ class TapPipeline:
             return _denied(Reason.CARD_READ_FAILED)
         region = card_id[:3].hex().upper()
         token = services.token(number)
+        log.info(
+            "tap_card_read",
+            region=region,
+            authenticated=items.authenticated,
+            transport=app_problem.value if app_problem else "ok",
+            torn_debit_pending=pending is not None,
+        )
         if app_problem is not None or public is None:
             return _denied(app_problem or Reason.CARD_READ_FAILED, token=token, region=region)
         if pending is not None and recovered is not None:
-            settled = self._settled(recovered, pending, token, region)
+            settled = self._settled(recovered, pending, token, region, allowance)
             if settled is not None:
                 return settled
 
-        # The SSSE read left the SSSE selected: back to the e-purse for the balance and the debit.
+        # The SSSE read left the SSSE selected: back to the e-purse for its log and the debit.
         command(card, select_tunion(), "SELECT T-Union")
         rides = self._recent_rides(card) if rules_config.transfer_discount else ()
-        balance = read_balance(card)
         local = now.replace(tzinfo=None)
         tap = BusTap(
             region=region,
             hotlisted=services.hotlisted(token),
             start=public.start_date,
             expiry=public.expiry_date,
-            balance=balance,
-            overdraft_limit=0,
+            balance=own,
+            overdraft_limit=allowance,
             birth_date=_date(items.values.get("birth_date")),
             rides=rides,
             last_paid=_local(services.journal.last_paid(token), now),
         )
         decision = decide_bus(tap, self._rules(), local)
-        fields: dict[str, Any] = {"token": token, "region": region, "balance": balance}
+        fields: dict[str, Any] = {"token": token, "region": region, "balance": own}
         if not decision.accepted or decision.fare is None:
             return TapOutcome(decision, **fields)
         if decision.fare.amount == 0:
             services.journal.paid(token, now, self._passback_keep())
             return TapOutcome(decision, **fields)
-        return self._charge(card, tap_id, now, public, decision, fields)
+        return self._charge(card, tap_id, now, public, decision, fields, allowance)
 
     def _rules(self) -> BusRules:
         bus = self.services.config.bus
@@ -414,6 +441,7 @@ class TapPipeline:
         public: PublicInfo,
         decision: Decision,
         fields: dict[str, Any],
+        allowance: int,
     ) -> TapOutcome:
         services = self.services
         psam = services.psam_transmit()
@@ -445,7 +473,9 @@ class TapPipeline:
             services.journal.end_debit(public.application_serial)
             reason = Reason.CARD_REMOVED if isinstance(result.cause, TRANSPORT_ERRORS) else Reason.PURCHASE_FAILED
             return TapOutcome(Decision(Outcome.DENIED, reason, decision.fare), **fields)
-        return self._debited(result, decision, fields, public.application_serial, recovered=False)
+        return self._debited(
+            result, decision, fields, public.application_serial, recovered=False, allowance=allowance
+        )
 
     def _debited(
         self,
@@ -455,12 +485,14 @@ class TapPipeline:
         serial: str,
         *,
         recovered: bool,
+        allowance: int,
         tap_id: str | None = None,
         when: dt.datetime | None = None,
     ) -> TapOutcome:
+        """The record of a debit; the card counts its overdraft allowance in, the record does not."""
         debit = Debit(
-            balance_before=result.balance_before,
-            balance_after=result.balance_after,
+            balance_before=result.balance_before - allowance,
+            balance_after=result.balance_after - allowance,
             atc=result.offline_atc,
             tac=result.tac.hex().upper(),
             psam_sequence=result.terminal_sequence,
@@ -507,6 +539,7 @@ class TapPipeline:
         pending: PendingDebit,
         token: str,
         region: str,
+        allowance: int,
     ) -> TapOutcome | None:
         """The outcome of a returning torn card: its debit's record, or None to charge afresh.
 
@@ -532,6 +565,7 @@ class TapPipeline:
             {"token": token, "region": region},
             recovery.application_serial,
             recovered=True,
+            allowance=allowance,
             tap_id=pending.tap_id,
             when=pending.created_at.astimezone(services.tz),
         )

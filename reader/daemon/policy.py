@@ -48,6 +48,7 @@ class Reason(enum.StrEnum):
     PURCHASE_FAILED = "purchase_failed"
     MAC2_INVALID = "mac2_invalid"
     OUT_OF_SERVICE = "out_of_service"
+    PSAM_UNAVAILABLE = "psam_unavailable"
     DEBIT_UNCONFIRMED = "debit_unconfirmed"
 
 

@@ -87,13 +87,6 @@ def token(key: bytes, name: str) -> str:
     return card_token(key, profile(name).ssse.card_number)
 
 
-def spendable(name: str, balance: int) -> int:
-    """What INITIALIZE reports as the balance: own money plus the overdraft allowance."""
-    tunion = profile(name).tunion
-    assert tunion is not None
-    return balance + tunion.overdraft_limit
-
-
 def assert_identifies(record: dict[str, Any], key: bytes, name: str, expected: Expected) -> None:
     """Token and region of a record: a card that failed authentication is not taken at its word."""
     if expected.reason == "card_not_genuine":

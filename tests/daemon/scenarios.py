@@ -1,4 +1,4 @@
-"""The end-to-end scenarios, each run once per session and shared by the tests that judge it.
+"""The end-to-end scenarios, each run once per test run and shared by the tests that judge it.
 
 Every scenario runs the real daemon on the vpcd bench (see bench.py) and returns what an
 observer could see: the feedback signals, the records as they were committed, the records in
@@ -8,13 +8,11 @@ decide; the scenarios only act, so one run serves the decision tests and the pri
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import select
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +138,6 @@ class EventListener:
         self.client = client
         self.events: list[dict[str, Any]] = []
         self.ready = threading.Event()
-        self.status: int | None = None
         self._thread = threading.Thread(target=self._listen, name="event-listener", daemon=True)
 
     def start(self) -> None:
@@ -153,7 +150,7 @@ class EventListener:
     def _listen(self) -> None:
         try:
             with self.client.stream("GET", "/events") as response:
-                self.status = response.status_code
+                response.raise_for_status()
                 self.ready.set()
                 for line in response.iter_lines():
                     if line.startswith("data: "):
@@ -182,7 +179,6 @@ def _read_all(fd: int) -> bytes:
 def library(workdir: Path) -> LibraryRun:
     """Every card at a gate with its relay on a serial line, a controller on the event stream."""
     relay = PtyDevice(workdir / "ttyRELAY")
-    workdir.mkdir(parents=True, exist_ok=True)
     relay.plug()
     socket_path = workdir / "api.sock"
     config = terminal_config("library", workdir / "gate", api_listen=f"unix:{socket_path}", relay=workdir / "ttyRELAY")
@@ -231,7 +227,6 @@ class PharmacyRun:
     first: dict[str, Tap]
     answers: dict[str, dict[str, Any]]
     """The read-card answer the POS got for each card it was given."""
-    waited_through: dict[str, list[str]]
     """For each answer, the cards tapped while that request was waiting."""
     unauthorised_status: int
     status_code_of: dict[str, int]
@@ -249,52 +244,40 @@ PHARMACY_ORDER = (
     "elderly",
     "second-generation",
 )
-"""Refused cards come while a POS request waits: the next accepted card must answer it."""
+"""The order of the pharmacy taps: refused cards between accepted ones."""
 
 
 def pharmacy(workdir: Path) -> PharmacyRun:
-    """A POS asks the local API for the holder before each card; refused cards answer nothing."""
+    """A POS asks the local API before each card: the holder of an accepted card, the reason of a refused one."""
     listen = f"127.0.0.1:{free_loopback_port()}"
     config = terminal_config("pharmacy", workdir / "pos", api_listen=listen)
     token = read_secret(config.api.token).decode() if config.api else ""
     deck = cards()
     answers: dict[str, dict[str, Any]] = {}
     status_code_of: dict[str, int] = {}
-    waited_through: dict[str, list[str]] = {}
     first: dict[str, Tap] = {}
     with (
         Terminal(config, ManualClock(TAP_DAY)) as terminal,
-        httpx.Client(base_url=f"http://{listen}", headers={"Authorization": f"Bearer {token}"}, timeout=60) as pos,
+        httpx.Client(base_url=f"http://{listen}", headers={"Authorization": f"Bearer {token}"}, timeout=30) as pos,
         ThreadPoolExecutor(max_workers=1) as asker,
     ):
         unauthorised = httpx.post(f"http://{listen}/read-card", json={"timeout": 1}).status_code
         assert terminal.daemon is not None and terminal.daemon.services is not None
         requests = terminal.daemon.services.card_requests
         assert requests is not None
-        pending: Future[httpx.Response] | None = None
-        tapped_meanwhile: list[str] = []
         for name in PHARMACY_ORDER:
-            if pending is None:
-                pending = asker.submit(pos.post, "/read-card", json={"timeout": 60})
-                tapped_meanwhile = []
-                assert wait_until(lambda: requests.waiting, 5), "the POS request never reached the daemon"
-            tap = terminal.tap(deck[name])
-            first[name] = tap
-            tapped_meanwhile.append(name)
-            if tap.record["result"] == "accepted":
-                response = pending.result(timeout=10)
-                status_code_of[name] = response.status_code
-                answers[name] = response.json()
-                waited_through[name] = tapped_meanwhile[:-1]
-                pending = None
-        assert pending is None, "the last card must answer the last request"
+            pending: Future[httpx.Response] = asker.submit(pos.post, "/read-card", json={"timeout": 20})
+            assert wait_until(lambda: requests.waiting, 5), "the POS request never reached the daemon"
+            first[name] = terminal.tap(deck[name])
+            response = pending.result(timeout=10)
+            status_code_of[name] = response.status_code
+            answers[name] = response.json()
     return PharmacyRun(
         config=config,
         token_key=read_secret(config.terminal.token_key),
         listen=listen,
         first=first,
         answers=answers,
-        waited_through=waited_through,
         unauthorised_status=unauthorised,
         status_code_of=status_code_of,
         queued=committed(config),
@@ -362,16 +345,6 @@ class TearingRun:
     window: float
 
 
-@contextlib.contextmanager
-def _terminal(config: Config, clock: ManualClock) -> Iterator[Terminal]:
-    terminal = Terminal(config, clock)
-    terminal.start()
-    try:
-        yield terminal
-    finally:
-        terminal.stop()
-
-
 def tearing(workdir: Path, psam: TearingCard) -> TearingRun:
     """One card pulled at every step of the purchase and brought back; the PSAM pulled at MAC2;
     a card that never comes back, settled by supervise() and by the next start."""
@@ -387,7 +360,7 @@ def tearing(workdir: Path, psam: TearingCard) -> TearingRun:
     sichuan_start, chongqing_start = Purse.of(sichuan_card), Purse.of(chongqing_card)
     torn_taps: list[TornTap] = []
     published: list[dict[str, Any]] = []
-    with _terminal(config, clock) as terminal:
+    with Terminal(config, clock) as terminal:
         daemon = terminal.daemon
         assert daemon is not None
         for step in CARD_TEARS:
@@ -439,7 +412,7 @@ def tearing(workdir: Path, psam: TearingCard) -> TearingRun:
         pending_before_restart = daemon.status()["pending_debits"]
     published = terminal.records
     # The restarted daemon settles on its own clock, the wall clock: months after TAP_DAY.
-    with _terminal(config, ManualClock(TAP_DAY)) as restarted:
+    with Terminal(config, ManualClock(TAP_DAY)) as restarted:
         assert restarted.daemon is not None
         pending_after_restart = restarted.daemon.status()["pending_debits"]
     return TearingRun(
@@ -515,7 +488,7 @@ def out_of_service(workdir: Path) -> OutOfServiceRun:
     deck = cards()
     chongqing = TearingCard(deck["chongqing"])
     try:
-        with _terminal(config, clock) as terminal:
+        with Terminal(config, clock) as terminal:
             daemon = terminal.daemon
             assert daemon is not None
             chongqing.plan(ins=INS_DEBIT, when="after")

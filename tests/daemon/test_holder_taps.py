@@ -60,6 +60,8 @@ def test_pos_gets_the_holder_of_an_accepted_card(pharmacy_run: PharmacyRun, name
     assert pharmacy_run.status_code_of[name] == 200
     assert pharmacy_run.answers[name] == {
         "tap_id": record["tap_id"],
+        "result": "accepted",
+        "reason": "ok",
         "card_token": record["card_token"],
         "region": record["region"],
         "social_security_number": ssse.ssn,
@@ -67,12 +69,15 @@ def test_pos_gets_the_holder_of_an_accepted_card(pharmacy_run: PharmacyRun, name
     }
 
 
-def test_pos_gets_nothing_for_a_refused_card(pharmacy_run: PharmacyRun) -> None:
-    """Each refused card came while a request waited; that request was answered by the next
-    accepted card, with that card's holder."""
-    waited = [name for names in pharmacy_run.waited_through.values() for name in names]
-    assert sorted(waited) == sorted(DENIED)
-    assert set(pharmacy_run.answers) == set(ACCEPTED)
+@pytest.mark.parametrize("name", DENIED)
+def test_pos_gets_the_reason_and_no_identity_for_a_refused_card(pharmacy_run: PharmacyRun, name: str) -> None:
+    record = pharmacy_run.first[name].record
+    assert pharmacy_run.status_code_of[name] == 200
+    assert pharmacy_run.answers[name] == {
+        "tap_id": record["tap_id"],
+        "result": "denied",
+        "reason": HOLDER[name].reason,
+    }
 
 
 def test_pos_needs_the_token(pharmacy_run: PharmacyRun) -> None:

@@ -14,7 +14,8 @@ def test_taps_until_the_queue_is_full(out_of_service_run: OutOfServiceRun) -> No
     assert run.torn.records == [], "a torn debit is journalled, not recorded yet"
     assert (run.first.record["result"], run.first.record["fare"]) == ("accepted", 200)
     assert (run.second.record["result"], run.second.record["concession"]) == ("accepted", "elder")
-    assert [r["tap_id"] for r in run.delivered_before_resume] == [run.first.record["tap_id"], run.second.record["tap_id"]]
+    delivered = [record["tap_id"] for record in run.delivered_before_resume]
+    assert delivered == [run.first.record["tap_id"], run.second.record["tap_id"]]
 
 
 def test_a_full_queue_refuses_before_any_money_moves(out_of_service_run: OutOfServiceRun) -> None:

@@ -447,9 +447,9 @@ def test_the_commands_exit_78_as_processes(tmp_path: Path) -> None:
             )
             started.append((name, command[0], path, mistake, process))
     try:
-        for name, command, path, mistake, process in started:
+        for name, verb, path, mistake, process in started:
             out, err = process.communicate(timeout=60)
-            assert (process.returncode, out) == (EX_CONFIG, ""), f"{command} / {name}: {err}"
+            assert (process.returncode, out) == (EX_CONFIG, ""), f"{verb} / {name}: {err}"
             _assert_lines(err, path, mistake)
     finally:
         for *_, process in started:
