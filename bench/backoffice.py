@@ -18,20 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.backoffice import BackOfficeServer, Record, _Handler
+from tests.support.backoffice import BackOfficeServer, Record
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class _NoDelayHandler(_Handler):
-    """The test server's handler with TCP_NODELAY, as a production HTTP server sets it.
-
-    The handler writes the status line and headers, then the body, in two send() calls;
-    with Nagle's algorithm on, the body waits for the client's delayed ACK of the headers
-    (about 40 ms on Linux), which would make the server, not the uplink, the bottleneck.
-    """
-
-    disable_nagle_algorithm = True
 
 
 class CountingBackOffice(BackOfficeServer):
@@ -39,7 +28,6 @@ class CountingBackOffice(BackOfficeServer):
 
     def __init__(self) -> None:
         super().__init__()
-        self._httpd.RequestHandlerClass = _NoDelayHandler
         self.distinct: set[tuple[str, str]] = set()
 
     def _store(self, taps: list[Record]) -> int:

@@ -2,9 +2,9 @@
 
 - Enqueue: `TapQueue.enqueue` as the tap pipeline calls it, one tap per call, each call a
   COMMIT at synchronous=FULL (WAL synced before it returns), on the machine's disk.
-- Drain: a backlog of 100,000 and of 1,000,000 daemon-shaped tap records is written
-  straight into the queue's tables in one transaction (what the benchmark needs is the
-  backlog, not the time to build it), then the real uplink worker drains it to zero: the
+- Drain: a backlog of 100,000 and of 1,000,000 daemon-shaped tap records is generated
+  inside SQLite straight into the queue's tables in one transaction (what the benchmark
+  needs is the backlog, not the time to build it), then the real uplink worker drains it to zero: the
   HTTP uplink to the loopback back office (bench/backoffice.py, in its own process) and
   the MQTT uplink to a real Mosquitto (no subscriber: the broker's PUBACK is what lets a
   row leave the queue). Each uplink runs with its default settings (HTTP batches of 200,
@@ -13,6 +13,8 @@
 - Memory: `sscard run --config` (a child, bench/daemon_process.py) holding a 1,000,000-tap
   backlog while its uplink cannot reach the back office, against the same daemon with an
   empty queue; RSS and peak RSS from /proc after READY=1 and a few seconds of running.
+  Its start-up to READY=1 is shown too: the queue's integrity check at open reads the
+  whole file.
 """
 
 from __future__ import annotations
@@ -330,10 +332,12 @@ def rss_rows(workdir: Path, backlog: Path | None) -> list[dict[str, Any]]:
                 max_bytes=BENCH_MAX_BYTES,
             )
             daemon = DaemonProcess(config, folder)
-            ready_s = daemon.start()
-            time.sleep(RSS_SETTLE_S)
-            rss, hwm = daemon.memory_kib()
-            status, _ = daemon.stop()
+            try:
+                ready_s = daemon.start()
+                time.sleep(RSS_SETTLE_S)
+                rss, hwm = daemon.memory_kib()
+            finally:
+                status, _ = daemon.stop()
             if status != 0:
                 raise BenchFailure(f"SIGTERM ended the daemon with status {status}")
             with TapQueue(_settings(queue_path), readonly=True) as queue:

@@ -53,24 +53,23 @@ def run() -> None:
         for n in range(STARTS):
             workdir = Path(tmp) / f"start-{n}"
             daemon = DaemonProcess(write_config(workdir, http_url=CLOSED_PORT_URL), workdir)
-            startups.append(daemon.start() * 1000)
-            if n < STARTS - 1:
+            try:
+                startups.append(daemon.start() * 1000)
+                if n == STARTS - 1:
+                    # The last one stays up: idle CPU, wake-ups and memory, then its stop.
+                    time.sleep(SETTLE_S)
+                    rss_kib, hwm_kib = daemon.memory_kib()
+                    threads = daemon.threads()
+                    before = daemon.cpu()
+                    pcscd_before = process_cpu_seconds(bench.process.pid) if bench.process else None
+                    time.sleep(IDLE_S)
+                    after = daemon.cpu()
+                    pcscd_after = process_cpu_seconds(bench.process.pid) if bench.process else None
+            finally:
                 status, seconds = daemon.stop()
-                if status != 0:
-                    raise BenchFailure(f"SIGTERM ended the daemon with status {status}")
-                stops.append(seconds * 1000)
-        time.sleep(SETTLE_S)
-        rss_kib, hwm_kib = daemon.memory_kib()
-        threads = daemon.threads()
-        before = daemon.cpu()
-        pcscd_before = process_cpu_seconds(bench.process.pid) if bench.process else None
-        time.sleep(IDLE_S)
-        after = daemon.cpu()
-        pcscd_after = process_cpu_seconds(bench.process.pid) if bench.process else None
-        status, seconds = daemon.stop()
-        if status != 0:
-            raise BenchFailure(f"SIGTERM ended the daemon with status {status}")
-        stops.append(seconds * 1000)
+            if status != 0:
+                raise BenchFailure(f"SIGTERM ended the daemon with status {status}")
+            stops.append(seconds * 1000)
     window = after.at - before.at
     stats = percentiles(startups)
     rows.append(

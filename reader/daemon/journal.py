@@ -105,8 +105,24 @@ class Journal:
             row = self._db.execute("SELECT at FROM last_paid WHERE token = ?", (token,)).fetchone()
         return None if row is None else dt.datetime.fromtimestamp(row[0], dt.UTC)
 
-    def paid(self, token: str, at: dt.datetime, keep: dt.timedelta) -> None:
-        """Remember a paid ride; entries older than `keep` are pruned on the way."""
+    def recorded(
+        self, serial: str | None, paid: tuple[str, dt.datetime] | None, keep: dt.timedelta
+    ) -> None:
+        """A tap's record is in the queue: forget its debit, remember its paid ride, in one commit.
+
+        One transaction, so one sync, however much it settles; entries of `last_paid` older
+        than `keep` (the passback window) are pruned on the way.
+        """
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO last_paid VALUES (?, ?)", (token, at.timestamp()))
-            self._db.execute("DELETE FROM last_paid WHERE at < ?", ((at - keep).timestamp(),))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if serial is not None:
+                    self._db.execute("DELETE FROM pending_debits WHERE serial = ?", (serial,))
+                if paid is not None:
+                    token, at = paid
+                    self._db.execute("INSERT OR REPLACE INTO last_paid VALUES (?, ?)", (token, at.timestamp()))
+                    self._db.execute("DELETE FROM last_paid WHERE at < ?", ((at - keep).timestamp(),))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")

@@ -106,6 +106,10 @@ class TapOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
     pending: bool = False
     """A torn debit: journalled, not recorded yet (the card may come back)."""
+    serial: str | None = None
+    """The e-purse whose journalled debit this record settles."""
+    paid_at: dt.datetime | None = None
+    """When the card paid its ride (passback starts there), written with the record's settlement."""
 
 
 @dataclass
@@ -220,8 +224,9 @@ class TapPipeline:
             log.error("tap_not_recorded", reason=error.reason, result=decision.outcome.value)
             services.feedback.give(signal_for(Decision(Outcome.DENIED, Reason.OUT_OF_SERVICE)))
             return
-        if outcome.debit is not None and outcome.extra.get("serial"):
-            services.journal.end_debit(outcome.extra["serial"])
+        if outcome.serial is not None or outcome.paid_at is not None:
+            paid = (outcome.token, outcome.paid_at) if outcome.token and outcome.paid_at else None
+            services.journal.recorded(outcome.serial, paid, self._passback_keep())
         log.info(
             "tap_recorded",
             result=decision.outcome.value,
@@ -237,7 +242,6 @@ class TapPipeline:
             services.card_requests.offer({**answer, **(outcome.holder or {})})
 
     def _record(self, outcome: TapOutcome, tap_id: str, now: dt.datetime) -> dict[str, Any]:
-        extra = {key: value for key, value in outcome.extra.items() if key != "serial"}
         return tap_record(
             tap_id=outcome.record_tap_id or tap_id,
             terminal_id=self.services.config.terminal.id,
@@ -250,7 +254,7 @@ class TapPipeline:
             hotlist_version=self.services.hotlist.version,
             debit=outcome.debit,
             balance=outcome.balance,
-            extra=extra or None,
+            extra=outcome.extra or None,
         )
 
     # ------------------------------------------------------------------ library and pharmacy
@@ -380,8 +384,7 @@ class TapPipeline:
         if not decision.accepted or decision.fare is None:
             return TapOutcome(decision, **fields)
         if decision.fare.amount == 0:
-            services.journal.paid(token, now, self._passback_keep())
-            return TapOutcome(decision, **fields)
+            return TapOutcome(decision, paid_at=now, **fields)
         return self._charge(card, tap_id, now, public, decision, fields, allowance)
 
     def _rules(self) -> BusRules:
@@ -509,9 +512,7 @@ class TapPipeline:
                 # stands, checked at clearing like every debit. Refusing the ride now would
                 # send the person to tap again and pay twice.
                 log.warning("tap_mac2_unverified", error=str(result.mac2_error))
-            if fields.get("token"):
-                self.services.journal.paid(fields["token"], when or self.services.now(), self._passback_keep())
-        extra = {"serial": serial}
+        paid_at = when or self.services.now() if decision.accepted else None
         return TapOutcome(
             decision,
             token=fields.get("token"),
@@ -519,7 +520,8 @@ class TapPipeline:
             debit=debit,
             record_tap_id=tap_id,
             record_time=when,
-            extra=extra,
+            serial=serial,
+            paid_at=paid_at,
         )
 
     def _recover(

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smartcard import scard
-
+from reader.backends.base import ReaderError
+from reader.backends.pcsc import reader_states
 from reader.log import get_logger
 
 VPCD_READERS = ("Virtual PCD 00 00", "Virtual PCD 00 01")
@@ -50,16 +50,12 @@ def pcscd_is_serving() -> bool:
     return True
 
 
-def list_readers() -> list[str]:
-    """Reader names as PC/SC reports them, or [] when pcscd is not there (yet)."""
-    hresult, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
-    if hresult != scard.SCARD_S_SUCCESS:
-        return []
+def _reader_names() -> set[str]:
+    """Reader names as PC/SC reports them; none while pcscd is not there (yet)."""
     try:
-        hresult, readers = scard.SCardListReaders(context, [])
-        return list(readers) if hresult == scard.SCARD_S_SUCCESS else []
-    finally:
-        scard.SCardReleaseContext(context)
+        return {state.name for state in reader_states()}
+    except ReaderError:
+        return set()
 
 
 @dataclass
@@ -90,7 +86,7 @@ class PcscdBench:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise PcscdUnavailable(f"pcscd exited with status {self.process.returncode}")
-            if set(VPCD_READERS) <= set(list_readers()):
+            if set(VPCD_READERS) <= _reader_names():
                 return
             time.sleep(0.05)
         self.stop()
