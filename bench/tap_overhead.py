@@ -81,7 +81,7 @@ CARD_SLOT, SAM_SLOT = VPCD_READERS
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.toml"
 TAP_TIMEOUT_S = 10.0
 TARGET_OVERHEAD_MS = 3.0
-JOURNAL_CALLS = ("pending", "last_paid", "begin_debit", "paid")
+JOURNAL_CALLS = ("pending", "last_paid", "begin_debit", "recorded")
 
 
 class BenchFailure(RuntimeError):

@@ -23,13 +23,18 @@ CREATE TABLE IF NOT EXISTS pending_debits (
     serial TEXT PRIMARY KEY,
     tap_id TEXT NOT NULL,
     recovery TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    token TEXT,
+    region TEXT,
+    allowance INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS last_paid (
     token TEXT PRIMARY KEY,
     at REAL NOT NULL
 );
 """
+
+_SELECT_PENDING = "SELECT tap_id, recovery, created_at, token, region, allowance FROM pending_debits"
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,10 @@ class PendingDebit:
     tap_id: str
     recovery: Recovery
     created_at: dt.datetime
+    token: str | None = None
+    region: str | None = None
+    allowance: int = 0
+    """The purse's overdraft allowance, which the card counts in its balances."""
 
 
 def _encode(recovery: Recovery) -> str:
@@ -70,12 +79,20 @@ class Journal:
         with self._lock:
             self._db.close()
 
-    def begin_debit(self, tap_id: str, recovery: Recovery, now: dt.datetime) -> None:
-        """Record a debit about to be sent; returns only once it is on disk."""
+    def begin_debit(self, debit: PendingDebit) -> None:
+        """Record a debit about to be sent, with what its record needs; returns once it is on disk."""
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO pending_debits VALUES (?, ?, ?, ?)",
-                (recovery.application_serial, tap_id, _encode(recovery), now.timestamp()),
+                "INSERT OR REPLACE INTO pending_debits VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    debit.recovery.application_serial,
+                    debit.tap_id,
+                    _encode(debit.recovery),
+                    debit.created_at.timestamp(),
+                    debit.token,
+                    debit.region,
+                    debit.allowance,
+                ),
             )
 
     def end_debit(self, serial: str) -> None:
@@ -86,19 +103,19 @@ class Journal:
     def pending(self, serial: str) -> PendingDebit | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT tap_id, recovery, created_at FROM pending_debits WHERE serial = ?", (serial,)
+                f"{_SELECT_PENDING} WHERE serial = ?", (serial,)
             ).fetchone()
         return None if row is None else self._pending(row)
 
     def all_pending(self) -> list[PendingDebit]:
         with self._lock:
-            rows = self._db.execute("SELECT tap_id, recovery, created_at FROM pending_debits").fetchall()
+            rows = self._db.execute(_SELECT_PENDING).fetchall()
         return [self._pending(row) for row in rows]
 
     @staticmethod
-    def _pending(row: tuple[str, str, float]) -> PendingDebit:
+    def _pending(row: tuple[str, str, float, str | None, str | None, int]) -> PendingDebit:
         created = dt.datetime.fromtimestamp(row[2], dt.UTC)
-        return PendingDebit(tap_id=row[0], recovery=_decode(row[1]), created_at=created)
+        return PendingDebit(row[0], _decode(row[1]), created, token=row[3], region=row[4], allowance=row[5])
 
     def last_paid(self, token: str) -> dt.datetime | None:
         with self._lock:

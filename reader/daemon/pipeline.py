@@ -467,7 +467,9 @@ class TapPipeline:
             request,
             public=public,
             transport_errors=TRANSPORT_ERRORS,
-            before_debit=lambda recovery: services.journal.begin_debit(tap_id, recovery, now),
+            before_debit=lambda recovery: services.journal.begin_debit(
+                PendingDebit(tap_id, recovery, now, fields["token"], fields["region"], allowance)
+            ),
         )
         if isinstance(result, PurchaseFailure):
             log.warning("tap_purchase_failed", step=result.step.value, error=str(result.cause))
@@ -599,10 +601,10 @@ def settle_expired(services: Services, window: dt.timedelta, reader: str) -> int
             reader=reader,
             when=pending.created_at.astimezone(services.tz),
             decision=Decision(Outcome.UNCONFIRMED, Reason.DEBIT_UNCONFIRMED, _fare_decision(recovery).fare),
-            token=None,
-            region=None,
+            token=pending.token,
+            region=pending.region,
             hotlist_version=services.hotlist.version,
-            balance=recovery.balance_before,
+            balance=recovery.balance_before - pending.allowance,
             extra={
                 "atc": recovery.offline_atc,
                 "psam_sequence": recovery.terminal_sequence,
