@@ -103,7 +103,6 @@ class TapOutcome:
     holder: Mapping[str, Any] | None = None
     record_tap_id: str | None = None
     record_time: dt.datetime | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     pending: bool = False
     """A torn debit: journalled, not recorded yet (the card may come back)."""
     serial: str | None = None
@@ -254,7 +253,6 @@ class TapPipeline:
             hotlist_version=self.services.hotlist.version,
             debit=outcome.debit,
             balance=outcome.balance,
-            extra=outcome.extra or None,
         )
 
     # ------------------------------------------------------------------ library and pharmacy
