@@ -31,15 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from protocols.apdu import CommandApdu
-from protocols.errors import ProtocolError
 from protocols.fci import DirectoryEntry
 from protocols.tunion import PPSE_LABEL, TRANSACTION_RECORD_LAYOUT
 from reader.log import get_logger
-from reader.sim.cos import SW_OK, Application, CardTorn, MoreData, Refusal, exact_le
+from reader.sim.cos import Application, CardTorn, Chip, MoreData, Refusal, exact_le
 from reader.sim.ecash_app import EcashApp, Ppse
 from reader.sim.profile import CardProfile, load_card_profile
 from reader.sim.ssse_app import SsseApp
-from reader.sim.state import CardMemory, MemoryStore, StateFileError
+from reader.sim.state import CardMemory, MemoryStore
 from reader.sim.tunion_app import TUnionApp, blank_capp_record
 
 _log = get_logger(component="virtual-card")
@@ -62,7 +61,7 @@ def initial_memory(profile: CardProfile) -> CardMemory:
     )
 
 
-class VirtualCard:
+class VirtualCard(Chip):
     """A third-generation social security card personalised from a `CardProfile`."""
 
     def __init__(
@@ -115,49 +114,19 @@ class VirtualCard:
     def memory(self) -> CardMemory:
         return self.store.memory
 
-    # --- CardSide -----------------------------------------------------------------------------
+    # --- Chip ---------------------------------------------------------------------------------
 
-    def power_on(self) -> bytes:
-        self._lose_volatile_state()
-        self.powered = True
+    @property
+    def chip_atr(self) -> bytes:
         return self.profile.atr
 
-    def power_off(self) -> None:
-        self._lose_volatile_state()
-        self.powered = False
-
-    def atr(self) -> bytes:
-        return self.profile.atr
-
-    def transmit(self, apdu: bytes) -> bytes:
-        if not self.powered:
-            # vpcd can hand a command to a card that came back into the field before pcscd
-            # noticed it had left (a tear and a quick return): the field powers the card, so
-            # it answers from a fresh activation with its volatile state already cleared.
-            _log.debug("card_powered_by_command", profile=self.profile.name)
-            self.powered = True
-        pending, self._pending_response = self._pending_response, b""
+    def _answer(self, command: CommandApdu) -> bytes:
         try:
-            command = CommandApdu.parse(apdu)
-        except ProtocolError:
-            return (0x6700).to_bytes(2, "big")
-        try:
-            if (command.cla, command.ins) == (0x00, 0xC0):
-                data = self._get_response(command, pending)
-            else:
-                data = self._dispatch(command)
-        except Refusal as refusal:
-            return refusal.sw.to_bytes(2, "big")
-        except MoreData as more:
-            return more.to_bytes()
+            return self._dispatch(command)
         except CardTorn:
             _log.info("card_torn", profile=self.profile.name, ins=f"{command.ins:02X}")
             self.power_off()
             raise
-        except StateFileError as error:
-            _log.error("card_state_write_failed", profile=self.profile.name, error=str(error))
-            return (0x6581).to_bytes(2, "big")
-        return data + SW_OK.to_bytes(2, "big")
 
     # --- the chip's own commands ----------------------------------------------------------------
 

@@ -10,10 +10,16 @@ card is gone and no answer comes.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Protocol
 
 from protocols.apdu import CommandApdu
+from protocols.errors import ProtocolError
+from reader.log import get_logger
+from reader.sim.state import StateFileError
+
+_log = get_logger(component="virtual-chip")
 
 SW_OK = 0x9000
 
@@ -86,3 +92,68 @@ class Application(Protocol):
     def handle(self, command: CommandApdu) -> bytes:
         """Answer a command while selected; return the data (status 9000) or raise `Refusal`."""
         ...
+
+
+class Chip(abc.ABC):
+    """What the virtual card and the virtual PSAM share as chips: power, framing and status words.
+
+    Power on and off clear the volatile state; a command that reaches an unpowered chip powers
+    it, as a field does for a card that came back before pcscd noticed it had gone. Commands
+    are parsed here, GET RESPONSE is routed, refusals and 61xx become status words, and a
+    state file that cannot be written is answered 6581 (memory failure) with nothing changed.
+    """
+
+    powered = False
+    _pending_response = b""
+
+    @property
+    @abc.abstractmethod
+    def chip_atr(self) -> bytes:
+        """The ATR the chip was personalised with."""
+
+    @abc.abstractmethod
+    def _lose_volatile_state(self) -> None:
+        """Forget what does not survive a power cut (selection, sessions, pending answers)."""
+
+    @abc.abstractmethod
+    def _answer(self, command: CommandApdu) -> bytes:
+        """The data of the answer to any command but GET RESPONSE, or raise Refusal/MoreData."""
+
+    @abc.abstractmethod
+    def _get_response(self, command: CommandApdu, pending: bytes) -> bytes:
+        """GET RESPONSE for the `pending` answer."""
+
+    def power_on(self) -> bytes:
+        self._lose_volatile_state()
+        self.powered = True
+        return self.chip_atr
+
+    def power_off(self) -> None:
+        self._lose_volatile_state()
+        self.powered = False
+
+    def atr(self) -> bytes:
+        return self.chip_atr
+
+    def transmit(self, apdu: bytes) -> bytes:
+        if not self.powered:
+            _log.debug("chip_powered_by_command", chip=type(self).__name__)
+            self.power_on()
+        pending, self._pending_response = self._pending_response, b""
+        try:
+            command = CommandApdu.parse(apdu)
+        except ProtocolError:
+            return (0x6700).to_bytes(2, "big")
+        try:
+            if (command.cla, command.ins) == (0x00, 0xC0):
+                data = self._get_response(command, pending)
+            else:
+                data = self._answer(command)
+        except Refusal as refusal:
+            return refusal.sw.to_bytes(2, "big")
+        except MoreData as more:
+            return more.to_bytes()
+        except StateFileError as error:
+            _log.error("chip_state_write_failed", chip=type(self).__name__, error=str(error))
+            return (0x6581).to_bytes(2, "big")
+        return data + SW_OK.to_bytes(2, "big")

@@ -53,7 +53,7 @@ from protocols.tunion import (
 )
 from reader.log import get_logger
 from reader.sim import crypto
-from reader.sim.cos import SW_OK, MoreData, Refusal, exact_le, window
+from reader.sim.cos import Chip, MoreData, Refusal, exact_le, window
 from reader.sim.keys import card_ssse_keys
 from reader.sim.profile import PsamProfile, load_psam_profile
 from reader.sim.state import StateFileError, write_atomically
@@ -72,7 +72,7 @@ class _Mac2Check:
     amount: int
 
 
-class VirtualPsam:
+class VirtualPsam(Chip):
     """A PSAM personalised from a `PsamProfile`."""
 
     def __init__(
@@ -98,42 +98,14 @@ class VirtualPsam:
     def from_profile(cls, name_or_path: str | Path = "demo-psam", state_path: Path | None = None) -> VirtualPsam:
         return cls(load_psam_profile(name_or_path), state_path)
 
-    # --- CardSide -----------------------------------------------------------------------------
+    # --- Chip ---------------------------------------------------------------------------------
 
-    def power_on(self) -> bytes:
-        self._reset()
-        self.powered = True
+    @property
+    def chip_atr(self) -> bytes:
         return self.profile.atr
 
-    def power_off(self) -> None:
-        self._reset()
-        self.powered = False
-
-    def atr(self) -> bytes:
-        return self.profile.atr
-
-    def transmit(self, apdu: bytes) -> bytes:
-        if not self.powered:
-            self._reset()  # powered by the command itself, as the card is (see VirtualCard.transmit)
-            self.powered = True
-        pending, self._pending_response = self._pending_response, b""
-        try:
-            command = CommandApdu.parse(apdu)
-        except ProtocolError:
-            return (0x6700).to_bytes(2, "big")
-        try:
-            if (command.cla, command.ins) == (0x00, 0xC0):
-                data = self._get_response(command, pending)
-            else:
-                data = self._t0(command, self._dispatch(command))
-        except Refusal as refusal:
-            return refusal.sw.to_bytes(2, "big")
-        except MoreData as more:
-            return more.to_bytes()
-        except StateFileError as error:
-            _log.error("psam_state_write_failed", error=str(error))
-            return (0x6581).to_bytes(2, "big")
-        return data + SW_OK.to_bytes(2, "big")
+    def _answer(self, command: CommandApdu) -> bytes:
+        return self._t0(command, self._dispatch(command))
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -272,7 +244,7 @@ class VirtualPsam:
 
     # --- state --------------------------------------------------------------------------------
 
-    def _reset(self) -> None:
+    def _lose_volatile_state(self) -> None:
         self.selected = None
         self._pending_mac2 = None
         self._pending_response = b""
