@@ -46,6 +46,10 @@ def parse_amount(data: bytes, expected_tag: int | None = None) -> tuple[int, int
         wanted = "an amount tag" if expected_tag is None else f"{expected_tag:04X}"
         raise UnexpectedTag(structure, "tag", 0, f"tag {obj.tag:02X}, expected {wanted}")
     value_offset = len(data) - len(obj.value)
+    tag_size = 2 if obj.tag > 0xFF else 1
+    if value_offset != tag_size + 1:
+        # BER allows a long-form length (81 06); the answer is fixed as `tag 06 n12`, as cards send it.
+        raise BadLength(structure, "length", tag_size, "long-form length; the answer is tag 06 n12")
     if len(obj.value) != 6:
         raise BadLength(structure, f"{obj.tag:04X}", value_offset - 1, f"{len(obj.value)} bytes, n12 needs 6")
     try:
