@@ -9,38 +9,64 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 
-class _CurrentStderr:
-    """Writes to whatever sys.stderr is at the time (a redirected or captured stream included)."""
+class _Target:
+    """Where log lines go and from which level: read at every call, so reconfiguring takes effect
+    even for loggers structlog has already cached (their first use may come before
+    `configure_logging`, or a process may reconfigure, as the tests do)."""
+
+    level = logging.INFO
+    stream: TextIO | None = None
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        out = self.stream if self.stream is not None else sys.stderr  # the current stderr, captured or not
+        return out.write(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        (self.stream if self.stream is not None else sys.stderr).flush()
 
 
-def configure_logging(level: str = "info", stream: object = None) -> None:
+_TARGET = _Target()
+
+
+def _below_level(_logger: object, method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    if _LEVELS.get(method, logging.ERROR) < _TARGET.level:
+        raise structlog.DropEvent
+    return event
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Send JSON lines at `level` and above to `stream` (the current stderr by default)."""
-    numeric = _LEVELS.get(level.lower(), logging.INFO)
+    _TARGET.level = _LEVELS.get(level.lower(), logging.INFO)
+    _TARGET.stream = stream
     structlog.configure(
         processors=[
+            _below_level,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(file=stream or _CurrentStderr()),  # type: ignore[arg-type]
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        logger_factory=structlog.WriteLoggerFactory(file=_TARGET),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    logging.getLogger("nfc").setLevel(max(numeric, logging.WARNING))
+    logging.getLogger("nfc").setLevel(max(_TARGET.level, logging.WARNING))
 
 
 def get_logger(**bound: object) -> structlog.typing.FilteringBoundLogger:
