@@ -6,9 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := pcscd libpcsclite-dev swig vsmartcard-vpcd mosquitto socat gcc python3-dev python3-venv systemd iproute2
+DEBS := pcscd libpcsclite-dev swig vsmartcard-vpcd mosquitto socat gcc python3-dev python3-venv systemd iproute2 chromium chromium-driver
 
-.PHONY: demo test bench lint debs clean
+.PHONY: demo test bench lint debs clean mutation crashtest
 
 demo: $(STAMP)
 	$(BIN)/sscard demo
@@ -20,6 +20,19 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The whole crash-point and fault matrix and 1,000 random SIGKILLs during taps (about an hour);
+# one summary line, details in bench/results/crashtest.json. Not part of `make test`.
+crashtest: $(STAMP)
+	$(BIN)/python -m bench.crashtest
+
+# Mutants of the money path (pyproject.toml [tool.mutmut]), then the score per module; the
+# survivors and why each is equivalent: tests/mutation_survivors.md. Kept out of `make test`:
+# the bench tests run once per mutant. MUTANTS narrows the run, e.g. MUTANTS='reader.daemon.policy*'.
+mutation: $(STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $(or $(MUTATION_JOBS),2) $(MUTANTS)
+	$(BIN)/python -m tests.mutation_score --list
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

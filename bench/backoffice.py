@@ -24,7 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class CountingBackOffice(BackOfficeServer):
-    """Accepts and deduplicates by tap id like the test server, but keeps only the ids."""
+    """Accepts and deduplicates by tap id like the test server, but keeps only the ids.
+
+    The answers are the test server's, `{"accepted": [tap_id, ...], "new": n}`, so the
+    benchmark measures the uplink checking its acknowledgements as it does in service.
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -16,7 +16,7 @@ from protocols import ssse
 from protocols import tunion as tu
 from protocols.apdu import CommandApdu
 from protocols.ecash import parse_amount
-from protocols.errors import BadEncoding, ProtocolError, TruncatedData
+from protocols.errors import BadEncoding, ProtocolError, TrailingData, TruncatedData
 from protocols.fci import parse_fci
 from protocols.image import plain_value, to_jsonable
 from protocols.layout import Layout
@@ -121,16 +121,37 @@ def _item_decoder(ef: bytes) -> Callable[[bytes], Decoded]:
 
 
 def _layout_decoder(layout: Layout[Any], *properties: str) -> Callable[[bytes], Decoded]:
+    """Fields of `layout`, the named derived properties, and why any lenient field is unknown."""
+
     def decode(data: bytes) -> Decoded:
         record = layout.parse(data)
-        return record, {name: plain_value(getattr(record, name)) for name in properties}
+        derived = {name: plain_value(getattr(record, name)) for name in properties}
+        problems = layout.problems(record)
+        if problems:
+            derived["unreadable"] = {
+                p.field: {"offset": p.offset, "raw": p.raw.hex().upper(), "reason": p.reason} for p in problems
+            }
+        return record, derived
 
     return decode
 
 
 def _decode_capp(data: bytes) -> Decoded:
-    record = tu.parse_capp_record(data, verify_crc=False)
-    return record, {"crc_ok": record.crc_ok}
+    """Header, industry, Shanghai CRC; the Shanghai rail field map only where its CRC proves it."""
+    record = tu.parse_capp_record(data)
+    derived: dict[str, Any] = {
+        "record_id": f"{record.record_id:04X}",
+        "record_tag": f"{record.record_tag:02X}",
+        "record_number": record.record_number,
+        "industry": record.industry,
+        "record_length": record.record_length,
+        "length_ok": record.length_ok,
+        "shanghai_crc": record.shanghai_crc,
+    }
+    if record.shanghai_crc == "valid" and record.industry == "rail":
+        rail = tu.shanghai_rail_fields(record)
+        derived["shanghai_rail_fields"] = to_jsonable(rail)["data"]
+    return record, derived
 
 
 def _decode_amount(data: bytes) -> Decoded:
@@ -155,9 +176,12 @@ KINDS: dict[str, tuple[str, Callable[[bytes], Decoded]]] = {
     ),
     "tunion-16": ("T-Union holder information", _layout_decoder(tu.HOLDER_INFO_LAYOUT)),
     "tunion-17": ("T-Union management information", _layout_decoder(tu.MANAGEMENT_INFO_LAYOUT, "interoperable")),
-    "tunion-18": ("T-Union transaction record", _layout_decoder(tu.TRANSACTION_RECORD_LAYOUT)),
-    "tunion-1a": ("T-Union CAPP record", _decode_capp),
-    "tunion-1e": ("T-Union process record", _layout_decoder(tu.PROCESS_RECORD_LAYOUT)),
+    "tunion-18": (
+        "T-Union transaction record",
+        _layout_decoder(tu.TRANSACTION_RECORD_LAYOUT, "terminal_digits"),
+    ),
+    "tunion-1a": ("T-Union CAPP record (0x1A, 128 bytes)", _decode_capp),
+    "tunion-1e": ("T-Union process record", _layout_decoder(tu.PROCESS_RECORD_LAYOUT, "terminal_digits")),
     "balance": ("GET BALANCE answer", _layout_decoder(tu.BALANCE_LAYOUT, "amount")),
     "init-purchase": (
         "INITIALIZE FOR PURCHASE answer",
@@ -195,17 +219,16 @@ def decode(kind: str, data: bytes, reveal: bool = False) -> dict[str, Any]:
     sw: str | None = None
     try:
         record, derived = decoder(data)
-    except ProtocolError:
+    except ProtocolError as whole:
         if kind == "sw" or len(data) < 2 or data[-2:] != b"\x90\x00":
             raise
         try:
             record, derived = decoder(data[:-2])
-        except ProtocolError:
-            pass
-        else:
-            sw = "9000"
-        if sw is None:
-            raise
+        except ProtocolError as stripped:
+            # With its status word split off the input has the structure's length: what
+            # fails then is the real cause, not the two bytes of 9000 beyond the end.
+            raise (stripped if isinstance(whole, TrailingData) else whole) from None
+        sw = "9000"
     out: dict[str, Any] = {"kind": kind}
     if record is not None:
         out.update(to_jsonable(record, reveal))

@@ -6,10 +6,16 @@
     card  DEBIT FOR (CAPP) PURCHASE       -> TAC, MAC2
     PSAM  80 72 (MAC2)                    -> 9000 when MAC2 verifies
 
-`purchase` returns a `PurchaseResult`, or a `PurchaseFailure` naming the step where it
-stopped; a failure at DEBIT carries a `Recovery` because the card may have committed the
-debit without the answer reaching the terminal (tearing). When the same card comes back,
-`recover` asks it for GET TRANSACTION PROOF: 9406 means the debit never happened.
+`purchase` returns a `PurchaseResult`, a `PurchaseFailure` naming the step where it
+stopped, or a `Declined` when the card's answer to DEBIT proves it did not debit.
+
+One rule holds from the moment `before_debit` has journalled the debit until the card's
+answer to DEBIT is understood: whatever goes wrong (the card pulled away, a timeout, a
+truncated or malformed answer, an unexpected status word, a bug), the result is a failure
+that carries a `Recovery`, because the card may have committed the debit without the answer
+reaching the terminal (tearing). Only a refusal in `DEBIT_REFUSALS` closes it as not
+debited. When the same card comes back, `recover` asks it for GET TRANSACTION PROOF: 9406
+means the debit never happened.
 
 Transport errors (card removed, timeout) belong to the reader layer, which this package
 does not know; pass their classes as `transport_errors` to have them reported as failures
@@ -25,7 +31,7 @@ from dataclasses import dataclass
 
 from protocols.errors import ProtocolError
 from protocols.exchange import Transmit, command
-from protocols.status import CardStatusError, MacTacUnavailable
+from protocols.status import DEBIT_REFUSALS, CardStatusError, MacInvalid, MacTacUnavailable
 from protocols.tunion import (
     DEBIT_ANSWER_LAYOUT,
     INIT_PURCHASE_ANSWER_LAYOUT,
@@ -83,6 +89,11 @@ class PurchaseRequest:
     capp: bool = True
     key_index: int = 0x01
     updates: Sequence[CappUpdate] = ()
+    process_record: Callable[[int, bytes], CappUpdate] | None = None
+    """Built once INITIALIZE has answered, from the card's balance after this debit (the card's
+    own arithmetic: its balance counts the overdraft allowance in, so it is never negative)
+    and the PSAM's terminal number; sent after `updates`. This is how a terminal writes the
+    0x1E record of the ride."""
     terminal_id: bytes | None = None
     issuer_id: bytes | None = None
     """MAC1 issuer field; default the 8 bytes of file 0x15's issuer id."""
@@ -130,6 +141,15 @@ class PurchaseResult:
     mac2_verified: bool
     mac2_error: Exception | None = None
 
+    @property
+    def mac2_rejected(self) -> bool:
+        """The PSAM answered that MAC2 is wrong (9302): the card's answer is not genuine.
+
+        Apart from a PSAM that did not answer, or answered garbage: then the debit's TAC
+        stands and is checked at clearing, like every debit's.
+        """
+        return isinstance(self.mac2_error, MacInvalid)
+
 
 @dataclass(frozen=True)
 class PurchaseFailure:
@@ -142,6 +162,14 @@ class PurchaseFailure:
     @property
     def may_be_debited(self) -> bool:
         return self.recovery is not None
+
+
+@dataclass(frozen=True)
+class Declined:
+    """The card refused DEBIT with an answer that proves it did not debit (`DEBIT_REFUSALS`)."""
+
+    cause: CardStatusError
+    recovery: Recovery
 
 
 @dataclass(frozen=True)
@@ -171,13 +199,13 @@ def purchase(
     public: PublicInfo | None = None,
     transport_errors: tuple[type[Exception], ...] = (),
     before_debit: Callable[[Recovery], None] | None = None,
-) -> PurchaseResult | PurchaseFailure:
+) -> PurchaseResult | PurchaseFailure | Declined:
     """Charge `request.amount` fen. `public` (file 0x15) skips the SELECT when already read.
 
     `before_debit` is called with the recovery data just before DEBIT FOR PURCHASE, the
     point after which the card may hold a debit the terminal never heard of: a terminal
     journals it there, durably, so the debit can be settled whatever happens next. If it
-    raises, DEBIT is not sent.
+    raises, DEBIT is not sent and the exception propagates (no money has moved).
     """
     caught = _PROTOCOL_ERRORS + transport_errors
     step = Step.SELECT
@@ -212,7 +240,10 @@ def purchase(
         mac1 = MAC1_ANSWER_LAYOUT.parse(command(psam, psam_init_for_purchase(mac1_input), "PSAM MAC1"))
         step = Step.UPDATE_CAPP
         if request.capp:
-            for update in request.updates:
+            updates = list(request.updates)
+            if request.process_record is not None:
+                updates.append(request.process_record(init.balance - request.amount, terminal_id))
+            for update in updates:
                 apdu = update_capp_data_cache(update.sfi, update.record_id, update.data)
                 command(card, apdu, f"UPDATE CAPP DATA CACHE {update.sfi:02X}")
     except caught as exc:
@@ -232,18 +263,19 @@ def purchase(
     try:
         debit_request = DebitRequest(mac1.terminal_sequence, request.time, mac1.mac1)
         debit = DEBIT_ANSWER_LAYOUT.parse(command(card, debit_for_purchase(debit_request), "DEBIT FOR PURCHASE"))
-    except caught as exc:
+    except DEBIT_REFUSALS as refusal:
+        return Declined(refusal, recovery)
+    except Exception as exc:  # noqa: BLE001 - after the journal, any failure means "may be debited"
         return PurchaseFailure(Step.DEBIT, exc, recovery)
-    return _finish(psam, recovery, debit.tac, debit.mac2, caught)
+    return _finish(psam, recovery, debit.tac, debit.mac2)
 
 
-def _finish(
-    psam: Transmit, recovery: Recovery, tac: bytes, mac2: bytes, caught: tuple[type[Exception], ...]
-) -> PurchaseResult:
+def _finish(psam: Transmit, recovery: Recovery, tac: bytes, mac2: bytes) -> PurchaseResult:
+    """The card has debited: whatever the PSAM answers to MAC2, the result is a debit."""
     error: Exception | None = None
     try:
         command(psam, psam_verify_mac2(mac2), "PSAM VERIFY MAC2")
-    except caught as exc:
+    except Exception as exc:  # noqa: BLE001 - the debit stands; the error is reported with it
         error = exc
     return PurchaseResult(
         application_serial=recovery.application_serial,
@@ -269,15 +301,12 @@ def recover(
     public: PublicInfo | None = None,
     select_psam: bool = False,
     psam_purchase_df: bytes = bytes.fromhex("8011"),
-    transport_errors: tuple[type[Exception], ...] = (),
 ) -> PurchaseResult | NotDebited | PurchaseFailure:
     """Settle a torn debit on the card that came back: proof of the debit, or proof it never was.
 
     The card must be the same (same application serial); another card yields a failure at
     `Step.SAME_CARD` and nothing is sent to it beyond reading its public file.
     """
-    caught = _PROTOCOL_ERRORS + transport_errors
-    caught_here: tuple[type[Exception], ...] = (*caught, DifferentCard)
     step = Step.SELECT
     try:
         if public is None:
@@ -298,6 +327,6 @@ def recover(
         step = Step.PSAM_SELECT
         if select_psam:
             command(psam, psam_select_purchase_app(psam_purchase_df), "PSAM SELECT purchase")
-    except caught_here as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever fails leaves the torn debit pending, never settled
         return PurchaseFailure(step, exc, recovery)
-    return _finish(psam, recovery, proof.tac, proof.mac2, caught)
+    return _finish(psam, recovery, proof.tac, proof.mac2)

@@ -12,6 +12,14 @@ vendor's commands by a backend if one is ever used:
 - `80 F2 <alg> <key id> 20 10` EXTERNAL CRYPTOGRAM: card identification code (16) || the
   card's 16-byte challenge; answers the 16-byte cryptogram for EXTERNAL AUTHENTICATE.
 
+Because the two PSAM commands are a convention, a PSAM of another scheme does not know them.
+Its refusal is the terminal's shortcoming, not evidence against the card, so a failed
+authentication raises one of two errors: `PsamCannotAuthenticate` when a PSAM step answered a
+status word of `PSAM_CANNOT_AUTHENTICATE_SW` (the PSAM does not know or offer the command, the
+key or the algorithm), `CardNotGenuine` for everything else (the card's answer did not verify,
+6300; the card refused the cryptogram; an answer was malformed). Anything not known to be the
+PSAM's shortcoming counts against the card: the check fails closed.
+
 P1 carries the algorithm id from the SSSE FCI (9F0C 86 01 xx). The PSAM application holding
 these keys is selected by AID, configurable in `PsamSsseConfig` (default D15600000590, the
 application a public reader selects; treat it as an example). No cryptography happens here:
@@ -21,6 +29,7 @@ the card and the PSAM compute; this module only moves bytes.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from protocols.apdu import CommandApdu
@@ -28,7 +37,7 @@ from protocols.codecs import Raw
 from protocols.errors import ProtocolError
 from protocols.exchange import Transmit, command
 from protocols.layout import Layout
-from protocols.ssse import RKSSSE_KEY_ID, external_authenticate, get_challenge, internal_authenticate
+from protocols.ssse import RKSSSE_KEY_ID, ItemValue, external_authenticate, get_challenge, internal_authenticate
 from protocols.status import CardStatusError
 
 DEFAULT_PSAM_SSSE_AID = bytes.fromhex("D15600000590")
@@ -123,13 +132,79 @@ class AuthStep(enum.Enum):
     EXTERNAL_AUTHENTICATE = "external authenticate"
 
 
+PSAM_STEPS = frozenset(
+    {AuthStep.PSAM_SELECT, AuthStep.PSAM_CHALLENGE, AuthStep.PSAM_VERIFY_CARD, AuthStep.PSAM_CRYPTOGRAM}
+)
+"""The steps whose command goes to the PSAM (the others go to the card)."""
+
+PSAM_CANNOT_AUTHENTICATE_SW: Mapping[int, str] = {
+    0x6D00: "the PSAM does not know the command",
+    0x6E00: "the PSAM does not know the command class",
+    0x6A81: "the PSAM does not support the function",
+    0x6A82: "the PSAM has no SSSE key application",
+    0x6A86: "the PSAM does not hold the algorithm or key asked for",
+    0x6B00: "the PSAM does not hold the algorithm or key asked for",
+    0x6A88: "the PSAM does not hold the key asked for",
+}
+"""Status words by which a PSAM step says the PSAM cannot do it (ISO 7816-4 meanings), and how
+each is told to an operator. Only these, and only from a PSAM step, clear the card: 6300 from
+VERIFY CARD is the PSAM's verdict that the card is not genuine."""
+
+
 class SsseAuthenticationFailed(Exception):
-    """The 3.00 authentication stopped at `step`; `cause` is the status or malformed answer."""
+    """The 3.00 authentication stopped at `step`; `cause` is the status or malformed answer.
+
+    Raised as one of its two subclasses, which say whom the failure speaks against.
+    """
 
     def __init__(self, step: AuthStep, cause: CardStatusError | ProtocolError) -> None:
         self.step = step
         self.cause = cause
         super().__init__(f"SSSE authentication failed at {step.value}: {cause}")
+
+
+class CardNotGenuine(SsseAuthenticationFailed):
+    """The card's side did not verify: its answer failed the PSAM's check, it refused the
+    PSAM's cryptogram, or some answer was malformed. A terminal refuses the card as not genuine."""
+
+
+class PsamCannotAuthenticate(SsseAuthenticationFailed):
+    """The PSAM refused a step with a status of `PSAM_CANNOT_AUTHENTICATE_SW`: it does not know the
+    command, key or algorithm. Nothing was learnt about the card; the terminal lacks the means.
+
+    `readable` holds the items a caller had read before authentication (by item name), so that
+    a terminal still identifies the card (token, region) in its record.
+    """
+
+    def __init__(
+        self,
+        step: AuthStep,
+        cause: CardStatusError,
+        readable: Mapping[str, ItemValue] | None = None,
+    ) -> None:
+        super().__init__(step, cause)
+        self.status = cause
+        self.readable: Mapping[str, ItemValue] = dict(readable or {})
+
+    @property
+    def sw(self) -> int:
+        return self.status.sw
+
+    @property
+    def command(self) -> str:
+        """The PSAM command refused, as named in the exchange (e.g. "PSAM VERIFY CARD")."""
+        return self.status.command
+
+    @property
+    def explanation(self) -> str:
+        return PSAM_CANNOT_AUTHENTICATE_SW.get(self.sw, "the PSAM refused the command")
+
+    def with_readable(self, readable: Mapping[str, ItemValue]) -> PsamCannotAuthenticate:
+        """The same refusal, carrying what the caller had read before it."""
+        return PsamCannotAuthenticate(self.step, self.status, readable)
+
+    def __str__(self) -> str:
+        return f"SSSE authentication: {self.explanation} ({self.sw:04X} to {self.command})"
 
 
 def authenticate(
@@ -140,6 +215,8 @@ def authenticate(
     config: PsamSsseConfig | None = None,
 ) -> None:
     """Run internal then external authentication so that EF06 becomes readable.
+
+    Raises `PsamCannotAuthenticate` when the PSAM cannot do its part, `CardNotGenuine` otherwise.
 
     The internal-authentication challenge is the card's 8-byte process factor followed by
     8 random bytes from the PSAM, so neither side alone chooses it.
@@ -168,5 +245,9 @@ def authenticate(
         ).block
         step = AuthStep.EXTERNAL_AUTHENTICATE
         command(card, external_authenticate(cryptogram, cfg.key_id), "EXTERNAL AUTHENTICATE")
-    except (CardStatusError, ProtocolError) as exc:
-        raise SsseAuthenticationFailed(step, exc) from exc
+    except CardStatusError as exc:
+        if step in PSAM_STEPS and exc.sw in PSAM_CANNOT_AUTHENTICATE_SW:
+            raise PsamCannotAuthenticate(step, exc) from exc
+        raise CardNotGenuine(step, exc) from exc
+    except ProtocolError as exc:
+        raise CardNotGenuine(step, exc) from exc

@@ -27,7 +27,7 @@ from protocols.ssse import (
     select_ef,
     select_ssse,
 )
-from protocols.ssse_auth import PsamSsseConfig
+from protocols.ssse_auth import PsamCannotAuthenticate, PsamSsseConfig
 from protocols.ssse_auth import authenticate as authenticate_with_psam
 from protocols.status import SecurityStatusNotSatisfied, raise_for_status
 
@@ -68,7 +68,9 @@ def read_items(
     """The requested items of EF05 and EF06.
 
     Raises `SecurityStatusNotSatisfied` when a third-generation card must be authenticated
-    and no PSAM was given, `SsseAuthenticationFailed` when the card is not genuine.
+    and no PSAM was given, `CardNotGenuine` when the card is not genuine, and
+    `PsamCannotAuthenticate` when the PSAM cannot authenticate it; the latter carries the EF05
+    items read so far in `readable`, so the terminal can still say which card it refused.
     """
     fci_data = command(card, select_ssse(), "SELECT SSSE")
     algorithm = algorithm_id(parse_fci(fci_data, "SSSE FCI")) if fci_data else 0x01
@@ -85,7 +87,10 @@ def read_items(
         if generation_from_version(version if isinstance(version, str) else "").needs_psam:
             if psam is None or not isinstance(card_id, bytes):
                 raise SecurityStatusNotSatisfied(0x6982, "SSSE authentication needs the PSAM")
-            authenticate_with_psam(card, psam, card_id, algorithm, psam_config)
+            try:
+                authenticate_with_psam(card, psam, card_id, algorithm, psam_config)
+            except PsamCannotAuthenticate as refused:
+                raise refused.with_readable(values) from refused
             authenticated = True
     if ef06:
         command(card, select_ef(EF06), "SELECT EF06")

@@ -4,7 +4,9 @@ Order follows the reference flow: SELECT SSSE (algorithm id from the FCI), SELEC
 items 01, 03 and 07 (readable before authentication), then for a third-generation card the
 PSAM-backed authentication, then the remaining EF05 items and EF06. A third-generation card
 met without a PSAM yields an image with what was readable and `ef06_read` False, as reader
-SDKs do ("不插 PSAM，可读部分信息").
+SDKs do ("不插 PSAM，可读部分信息"). A PSAM that cannot authenticate (it does not know the
+commands, `PsamCannotAuthenticate`) is met the same way, and the image says why in
+`authentication_problem`; a card that fails authentication (`CardNotGenuine`) raises.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from protocols.ssse import (
     select_ef,
     select_ssse,
 )
-from protocols.ssse_auth import PsamSsseConfig, authenticate
+from protocols.ssse_auth import PsamCannotAuthenticate, PsamSsseConfig, authenticate
 from protocols.ssse_items import read_value
-from protocols.status import FileNotFound, RecordNotFound
+from protocols.status import FileNotFound, RecordNotFound, SecurityStatusNotSatisfied
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class SsseImage:
     birth_date: dt.date | None = field(default=None, metadata=PERSONAL)
     authenticated: bool = False
     ef06_read: bool = False
+    authentication_problem: str | None = None
+    """Why a third-generation card was not authenticated (no PSAM, the PSAM's refusal), else None."""
 
     @property
     def region_code(self) -> str | None:
@@ -87,9 +91,19 @@ def read_ssse(
     generation = generation_from_version(version) if isinstance(version, str) else Generation.SECOND
     card_id = values["card_identification_code"]
     if generation.needs_psam:
-        if psam is None or not isinstance(card_id, bytes) or len(card_id) != 16:
+        if psam is None:
+            values["authentication_problem"] = "no PSAM"
             return SsseImage(**values)  # type: ignore[arg-type]
-        authenticate(card, psam, card_id, algorithm, psam_config)
+        if not isinstance(card_id, bytes) or len(card_id) != 16:
+            values["authentication_problem"] = "no 16-byte card identification code to authenticate with"
+            return SsseImage(**values)  # type: ignore[arg-type]
+        try:
+            authenticate(card, psam, card_id, algorithm, psam_config)
+        except PsamCannotAuthenticate as refused:
+            values["authentication_problem"] = str(refused)
+            for tag in (0x02, 0x04, 0x05, 0x06):
+                values[ITEMS[tag].name] = _unless_guarded(card, tag)
+            return SsseImage(**values)  # type: ignore[arg-type]
         values["authenticated"] = True
     for tag in (0x02, 0x04, 0x05, 0x06):
         values[ITEMS[tag].name] = read_value(card, tag, EF05)
@@ -101,6 +115,14 @@ def read_ssse(
         values[ITEMS[tag].name] = read_value(card, tag, EF06)
     values["ef06_read"] = True
     return SsseImage(**values)  # type: ignore[arg-type]
+
+
+def _unless_guarded(card: Transmit, tag: int) -> object:
+    """An EF05 item the card may guard until authentication (6982): None when it does."""
+    try:
+        return read_value(card, tag, EF05)
+    except SecurityStatusNotSatisfied:
+        return None
 
 
 SSSE_PERSONAL_FIELDS = frozenset(f.name for f in dataclasses.fields(SsseImage) if is_personal(f))

@@ -214,3 +214,26 @@ def raise_for_status(sw: int, command: str) -> None:
     info = describe(sw)
     if info.error is not None:
         raise info.error(sw, command, info.meaning)
+
+
+DEBIT_REFUSALS: tuple[type[CardStatusError], ...] = (
+    MacInvalid,
+    InsufficientBalance,
+    ConditionsNotSatisfied,
+    WrongLength,
+    WrongParameters,
+    InstructionNotSupported,
+    ClassNotSupported,
+    KeyNotSupported,
+    CounterExhausted,
+    ApplicationLocked,
+    ApplicationBlocked,
+)
+"""Answers to DEBIT FOR (CAPP) PURCHASE that prove the card did not debit.
+
+Each is the card refusing the command before it touches the purse: 9302 its check of MAC1
+failed (the PSAM is not one its issuer keyed: a clone, or the wrong key set), 9401 the
+balance, 6985 no purchase initialised, 6700/6Axx/6Dxx/6Exx the command itself, 9402/9403
+the counter or key, 9303/6283/6A81 the application. Anything else (6581 memory failure,
+6F00, an unknown word, a malformed answer, no answer) leaves the debit possibly committed.
+"""

@@ -21,7 +21,7 @@ from protocols.apdu import CommandApdu, select_by_name
 from protocols.codecs import An as AnText
 from protocols.codecs import Bcd, BcdDate, BcdDateTime, Gbk, Raw
 from protocols.errors import BadChecksum
-from protocols.layout import Layout
+from protocols.layout import Layout, Lenient
 from protocols.marks import PERSONAL
 
 AID_TUNION_EP = bytes.fromhex("A000000632010105")
@@ -153,7 +153,12 @@ MANAGEMENT_INFO_LAYOUT: Layout[ManagementInfo] = Layout(
 
 @dataclass(frozen=True)
 class TransactionRecord:
-    """One record of the cyclic file 0x18. `terminal_id` is kept raw (BCD on the cards seen)."""
+    """One record of the cyclic file 0x18.
+
+    Real logs are dirty: `terminal_id` is kept raw because it is often not BCD, and a
+    date-time that is not a BCD date (or all zero) reads `time` None with its bytes kept in
+    `time_raw`, so that one such record neither fails the read nor loses its other fields.
+    """
 
     atc: int
     overdraft_limit: int
@@ -161,6 +166,18 @@ class TransactionRecord:
     transaction_type: int
     terminal_id: bytes
     time: dt.datetime | None
+    time_raw: bytes | None = None
+
+    @property
+    def terminal_digits(self) -> str | None:
+        """The terminal id as digits when it is BCD, else None (it stays in `terminal_id`)."""
+        return bcd_digits(self.terminal_id)
+
+
+def bcd_digits(raw: bytes) -> str | None:
+    """`raw` as decimal digits when every nibble is one, else None: for display, never an error."""
+    text = raw.hex()
+    return text if text.isdigit() else None
 
 
 TRANSACTION_RECORD_LAYOUT: Layout[TransactionRecord] = Layout(
@@ -172,7 +189,7 @@ TRANSACTION_RECORD_LAYOUT: Layout[TransactionRecord] = Layout(
         ("amount", c.Int32ub),
         ("transaction_type", c.Int8ub),
         ("terminal_id", Raw(6)),
-        ("time", BcdDateTime()),
+        ("time", Lenient(BcdDateTime())),
     ],
 )
 
@@ -182,7 +199,12 @@ TRANSACTION_RECORD_LAYOUT: Layout[TransactionRecord] = Layout(
 
 @dataclass(frozen=True)
 class ProcessRecord:
-    """One record of the cyclic file 0x1E (journey log, written with UPDATE CAPP DATA CACHE)."""
+    """One record of the cyclic file 0x1E (journey log, written with UPDATE CAPP DATA CACHE).
+
+    Read as leniently as 0x18: a terminal id that is not BCD stays raw, and a time that is not
+    a BCD date reads None with its bytes in `time_raw`. A valid but implausible date (1990,
+    from a terminal whose clock was never set) parses as it is: judging it is the caller's.
+    """
 
     transaction_type: int
     terminal_id: bytes
@@ -194,6 +216,12 @@ class ProcessRecord:
     city_code: bytes
     acquirer: bytes
     reserved: bytes
+    time_raw: bytes | None = None
+
+    @property
+    def terminal_digits(self) -> str | None:
+        """The terminal id as digits when it is BCD, else None."""
+        return bcd_digits(self.terminal_id)
 
 
 PROCESS_RECORD_LAYOUT: Layout[ProcessRecord] = Layout(
@@ -206,7 +234,7 @@ PROCESS_RECORD_LAYOUT: Layout[ProcessRecord] = Layout(
         ("line_station", Raw(7)),
         ("amount", c.Int32ub),
         ("balance_after", c.Int32ub),
-        ("time", BcdDateTime()),
+        ("time", Lenient(BcdDateTime())),
         ("city_code", Raw(2)),
         ("acquirer", Raw(8)),
         ("reserved", Raw(6)),
@@ -216,18 +244,42 @@ PROCESS_RECORD_LAYOUT: Layout[ProcessRecord] = Layout(
 
 # --- 0x1A CAPP record (128 bytes) ------------------------------------------------------------------
 
+CAPP_RECORD_TAG = 0x27
+CAPP_DATA_LENGTH = 125
+"""The length byte of a 128-byte record: what follows the 3-byte header (0x7D on real cards)."""
+CAPP_BODY_START = 5
 CAPP_CRC_START = 6
 CAPP_CRC_END = 124
+
+CAPP_INDUSTRIES = {
+    0x01: "rail",
+    0x02: "bus",
+    0x03: "water",
+    0x04: "taxi",
+    0x05: "car rental",
+    0x06: "public bicycle",
+    0x07: "parking",
+    0x08: "coach",
+    0x09: "ferry",
+    0x0A: "intercity rail",
+    0x0B: "air",
+    0x0C: "toll road",
+    0x0D: "discount",
+    0x0E: "urban rail",
+}
+"""Record numbers of file 0x1A by industry (cards.md §2.3, after a bus terminal's struct)."""
 
 
 @dataclass(frozen=True)
 class CappRecord:
     """One 128-byte record of file 0x1A.
 
-    Only the frame is national-looking: the header bytes 0-5 and the CRC32 over bytes 6..123
-    (118 bytes) stored at 124..127, as the Shanghai metro gate checks it. The body is kept raw
-    because its field map is Shanghai metro's, and the CRC variant (zlib CRC-32, stored
-    big-endian) is inferred. `crc_ok` tells, `sealed()` recomputes for a builder.
+    The header is national: a 2-byte record identifier `27 xx` (xx the record number that
+    UPDATE CAPP DATA CACHE names in P1), a 1-byte length of what follows (125), then the UN
+    flag and the lock flag. The rest is the industry's and kept raw in `body` (bytes 5..123)
+    plus `crc32` (bytes 124..127). Shanghai metro seals its rail record with a CRC32 over
+    bytes 6..123 stored big-endian at 124..127; other cities' records carry no such CRC, so
+    `shanghai_crc` says "valid" or "absent", never "wrong": a record without it is no error.
     """
 
     record_id: int
@@ -238,15 +290,39 @@ class CappRecord:
     crc32: int
 
     @property
+    def record_tag(self) -> int:
+        return self.record_id >> 8
+
+    @property
+    def record_number(self) -> int:
+        """Byte 1: the record's number, what UPDATE CAPP DATA CACHE puts in P1."""
+        return self.record_id & 0xFF
+
+    @property
+    def industry(self) -> str | None:
+        return CAPP_INDUSTRIES.get(self.record_number)
+
+    @property
+    def length_ok(self) -> bool:
+        return self.record_length == CAPP_DATA_LENGTH
+
+    @property
     def crc_ok(self) -> bool:
         return capp_crc(self.body) == self.crc32
 
+    @property
+    def shanghai_crc(self) -> str:
+        """ "valid" when bytes 124..127 hold Shanghai's CRC32, else "absent"."""
+        return "valid" if self.crc_ok else "absent"
+
     def sealed(self) -> CappRecord:
+        """The same record with Shanghai's CRC32, as the Shanghai metro gate writes it."""
         return replace(self, crc32=capp_crc(self.body))
 
 
 def capp_crc(body: bytes) -> int:
-    return zlib.crc32(body) & 0xFFFFFFFF
+    """Shanghai's CRC32 (zlib CRC-32) over record bytes 6..123, i.e. `body` after its first byte."""
+    return zlib.crc32(body[CAPP_CRC_START - CAPP_BODY_START :]) & 0xFFFFFFFF
 
 
 CAPP_RECORD_LAYOUT: Layout[CappRecord] = Layout(
@@ -254,17 +330,17 @@ CAPP_RECORD_LAYOUT: Layout[CappRecord] = Layout(
     CappRecord,
     [
         ("record_id", c.Int16ub),
-        ("record_length", c.Int16ub),
+        ("record_length", c.Int8ub),
         ("un_flag", c.Int8ub),
         ("locked", c.Int8ub),
-        ("body", Raw(CAPP_CRC_END - CAPP_CRC_START)),
+        ("body", Raw(CAPP_CRC_END - CAPP_BODY_START)),
         ("crc32", c.Int32ub),
     ],
 )
 
 
-def parse_capp_record(data: bytes, verify_crc: bool = True) -> CappRecord:
-    """Parse a 0x1A record; with `verify_crc`, a CRC mismatch raises `BadChecksum`."""
+def parse_capp_record(data: bytes, verify_crc: bool = False) -> CappRecord:
+    """Parse a 0x1A record. Only a Shanghai gate sets `verify_crc`: then no CRC is `BadChecksum`."""
     record = CAPP_RECORD_LAYOUT.parse(data)
     if verify_crc and not record.crc_ok:
         raise BadChecksum(
@@ -274,6 +350,86 @@ def parse_capp_record(data: bytes, verify_crc: bool = True) -> CappRecord:
             f"stored {record.crc32:08X}, computed {capp_crc(record.body):08X}",
         )
     return record
+
+
+@dataclass(frozen=True)
+class ShanghaiRailFields:
+    """The Shanghai metro gate's fields of rail record 01 (SHM `Transport_GetFiles1A` offsets).
+
+    Shanghai-local: other cities fill the record otherwise, so this view is informative only
+    and every field is kept raw except the two BCD times, read leniently.
+    """
+
+    serial: bytes
+    status: int
+    entry_city: bytes
+    exit_city: bytes
+    entry_operator: bytes
+    exit_operator: bytes
+    entry_station: bytes
+    exit_station: bytes
+    entry_device: bytes
+    exit_device: bytes
+    entry_time: dt.datetime | None
+    exit_time: dt.datetime | None
+    max_amount: int
+    entry_line: int
+    exit_line: int
+    entry_amount: int
+    entry_balance: int
+    actual_amount: int
+    last_time: dt.datetime | None
+    last_device: bytes
+    month_amount: int
+    month_count: int
+    rfu: bytes
+    entry_sign: int
+    exit_sign: int
+    entry_exit_status: int
+    rfu2: bytes
+    entry_time_raw: bytes | None = None
+    exit_time_raw: bytes | None = None
+    last_time_raw: bytes | None = None
+
+
+SHANGHAI_RAIL_LAYOUT: Layout[ShanghaiRailFields] = Layout(
+    "T-Union 0x1A Shanghai rail fields (bytes 6..123)",
+    ShanghaiRailFields,
+    [
+        ("serial", Raw(8)),
+        ("status", c.Int8ub),
+        ("entry_city", Raw(2)),
+        ("exit_city", Raw(2)),
+        ("entry_operator", Raw(8)),
+        ("exit_operator", Raw(8)),
+        ("entry_station", Raw(8)),
+        ("exit_station", Raw(8)),
+        ("entry_device", Raw(8)),
+        ("exit_device", Raw(8)),
+        ("entry_time", Lenient(BcdDateTime())),
+        ("exit_time", Lenient(BcdDateTime())),
+        ("max_amount", c.Int32ub),
+        ("entry_line", c.Int8ub),
+        ("exit_line", c.Int8ub),
+        ("entry_amount", c.Int32ub),
+        ("entry_balance", c.Int32ub),
+        ("actual_amount", c.Int32ub),
+        ("last_time", Lenient(BcdDateTime())),
+        ("last_device", Raw(4)),
+        ("month_amount", c.Int24ub),
+        ("month_count", c.Int16ub),
+        ("rfu", Raw(5)),
+        ("entry_sign", c.Int8ub),
+        ("exit_sign", c.Int8ub),
+        ("entry_exit_status", c.Int8ub),
+        ("rfu2", Raw(1)),
+    ],
+)
+
+
+def shanghai_rail_fields(record: CappRecord) -> ShanghaiRailFields:
+    """Bytes 6..123 of a rail record read with the Shanghai gate's field map (never fails)."""
+    return SHANGHAI_RAIL_LAYOUT.parse(record.body[CAPP_CRC_START - CAPP_BODY_START :])
 
 
 # --- GET BALANCE -----------------------------------------------------------------------------------

@@ -18,10 +18,17 @@ configuration will use, so a missing credential is reported before anything is o
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import ssl
+import stat
 import tomllib
 import types
 import typing
+import urllib.parse
+import zoneinfo
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,7 +47,37 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Strict about unknown keys, and no inf or nan: a timer of inf seconds never fires."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+DAY_SECONDS = 86_400
+INT64_MAX = 2**63 - 1
+"""SQLite's INTEGER, and so the largest count or size the queue can store or compare."""
+
+# Bounds for keys of the settings models composed from reader.uplink and reader.backends:
+# values their types allow, that would only fail once the daemon runs (a timer that
+# overflows, a timeout no peer waits for, an MQTT field wider than the protocol's).
+# Looked up by field name, wherever the field sits; checked after validation and shown in
+# the "what is allowed" text of the key.
+_FIELD_LIMITS: dict[str, float] = {
+    "busy_timeout_s": 600,
+    "transmit_timeout": 600,
+    "connect_timeout": 600,
+    "connect_timeout_s": 600,
+    "read_timeout_s": 600,
+    "write_timeout_s": 600,
+    "ack_timeout_s": 600,
+    "idle_poll_s": 3600,
+    "poll_interval_s": DAY_SECONDS,
+    "retry_after_max_s": DAY_SECONDS,
+    "initial_s": DAY_SECONDS,
+    "max_s": DAY_SECONDS,
+    "multiplier": 100,
+    "keepalive_s": 65_535,
+    "session_expiry_s": 2**32 - 1,
+}
 
 
 SECRET_PATTERN = r"^(file:/.+|credential:[A-Za-z0-9_.-]+)$"
@@ -126,9 +163,32 @@ class TerminalSettings(_Section):
 
     id: str = Field(pattern=TERMINAL_ID_PATTERN)
     profile: Literal["bus", "library", "pharmacy"]
-    state_dir: Path = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/sscard"))
+    state_dir: Path = Field(
+        Path(os.environ.get("STATE_DIRECTORY", "/var/lib/sscard")),
+        description="an absolute path to a directory, or to one that can be created",
+    )
     token_key: SecretRef = Field(description="per-deployment HMAC key for card tokens")
-    timezone: str = "Asia/Shanghai"
+    timezone: str = Field("Asia/Shanghai", description="an IANA time zone name, such as 'Asia/Shanghai'")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: Path) -> Path:
+        """Relative to what? Under systemd the working directory is /, in a shell wherever one is."""
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path to a directory, such as /var/lib/sscard")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        """The pipeline computes ages and transfer windows in this zone at every tap."""
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                "must be a time zone of the IANA database on this machine, such as 'Asia/Shanghai'"
+            ) from None
+        return value
 
 
 class AgeBandSettings(_Section):
@@ -143,12 +203,30 @@ class BusSettings(_Section):
     line: str = Field(pattern=LINE_PATTERN, description="line number, BCD-coded in the card's 0x1E log")
     fare: int = Field(gt=0, le=100_000)
     accepted_regions: list[Region] = Field(min_length=1)
-    passback_seconds: float = Field(60, ge=0)
-    transfer_discount: int = Field(0, ge=0)
-    transfer_window_minutes: float = Field(0, ge=0)
+    passback_seconds: float = Field(60, ge=0, le=DAY_SECONDS)
+    transfer_discount: int = Field(0, ge=0, le=100_000)
+    transfer_window_minutes: float = Field(0, ge=0, le=DAY_SECONDS // 60)
     bands: list[AgeBandSettings] = []
-    tearing_window_seconds: float = Field(30, gt=0, description="how long a torn debit waits for its card")
+    tearing_window_seconds: float = Field(
+        30, gt=0, le=DAY_SECONDS, description="how long a torn debit waits for its card"
+    )
     psam_key_index: int = Field(1, ge=0, le=255)
+    station: str = Field("0", pattern=LINE_PATTERN, description="station code, BCD-coded in the card's 0x1E log")
+    operator_code: str = Field("0", pattern=LINE_PATTERN, description="operator code, BCD after the station in 0x1E")
+    city_code: str | None = Field(
+        None,
+        pattern=r"^[0-9]{4}$",
+        description="the operator's city code (4 BCD digits) in the card's 0x1E log; unset: the card's issuing city",
+    )
+    acquirer: str = Field(
+        "FFFFFFFFFFFFFFFF",
+        pattern=r"^[0-9A-Fa-f]{16}$",
+        description="the operator's acquirer institution (8 bytes, hex) written into the card's 0x1E log",
+    )
+    on_birth_date_unreadable: Literal["full_fare", "refuse"] = Field(
+        "full_fare",
+        description="when the PSAM cannot authenticate the SSSE, so no age band can be read: charge or refuse",
+    )
 
     @field_validator("bands")
     @classmethod
@@ -171,6 +249,16 @@ class ApiSettings(_Section):
 
     listen: str = Field("127.0.0.1:8787", pattern=LISTEN_PATTERN)
     token: SecretRef
+
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        """The pattern admits five digits; the socket would refuse 0 or 99999 only at start."""
+        if not value.startswith("unix:"):
+            port = int(value.rpartition(":")[2])
+            if not 1 <= port <= 65_535:
+                raise ValueError(f"the port must be 1 to 65535, not {port}")
+        return value
 
 
 class UplinkSection(_Section):
@@ -287,6 +375,16 @@ def _node_at(location: tuple[Any, ...]) -> tuple[Any, FieldInfo | None]:
     return annotation, field
 
 
+def _field_limit(location: tuple[Any, ...]) -> float | None:
+    """The upper bound this module adds to a key whose own model has none (see _FIELD_LIMITS)."""
+    if not location or not isinstance(location[-1], str) or location[-1] not in _FIELD_LIMITS:
+        return None
+    _, field = _node_at(location)
+    if field is None or any(isinstance(item, annotated_types.Le | annotated_types.Lt) for item in field.metadata):
+        return None
+    return _FIELD_LIMITS[location[-1]]
+
+
 def _allowed(location: tuple[Any, ...]) -> str | None:
     """What the key at `location` accepts, from its model; None if the key is unknown."""
     if location in _KEY_HINTS:
@@ -295,6 +393,9 @@ def _allowed(location: tuple[Any, ...]) -> str | None:
     if annotation is None:
         return None
     bare, metadata, _ = _unwrap(annotation)
+    limit = _field_limit(location)
+    if limit is not None:
+        metadata = [*metadata, annotated_types.Le(limit)]
     text = _with_constraints(_bare_text(bare), metadata)
     hinted = any(getattr(item, "pattern", None) in _PATTERN_HINTS for item in metadata)
     if field is not None and field.description and not hinted:
@@ -438,54 +539,318 @@ def _certificate_files(config: Config) -> list[tuple[str, Path]]:
     ]
 
 
-def check_secrets(config: Config, source: str) -> None:
-    """Read every referenced secret; raises ConfigError with one line per secret that cannot be used.
-
-    The TLS certificate files are looked at too: the uplinks load them at start with the keys.
-    """
+def _secret_problems(config: Config, source: str) -> list[str]:
+    """One line per referenced secret that cannot be read."""
     problems: list[str] = []
     for key, ref in secret_references(config):
         try:
             read_secret(ref)
         except ConfigError as error:
             problems.append(f"{source}: {key}: {error}")
-    keys = {key for key, _ in secret_references(config)}
-    for key, path in _certificate_files(config):
-        if key in keys:
-            continue  # a certificate file that also holds the key was read above
-        try:
-            path.read_bytes()
-        except OSError as error:
-            problems.append(f"{source}: {key}: cannot read {path}: {error.strerror}")
+    return problems
+
+
+def check_secrets(config: Config, source: str) -> None:
+    """Read every referenced secret; raises ConfigError with one line per secret that cannot be used.
+
+    The TLS certificate files are looked at too (see `check_files`): the uplinks load them
+    at start with the keys.
+    """
+    check_environment(config, source, secrets=True)
+
+
+def check_files(config: Config, source: str) -> None:
+    """Look at every file and directory the configuration names; raises ConfigError, one line each.
+
+    No secret is read: this is what `check-config` does without `--secrets`.
+    """
+    check_environment(config, source, secrets=False)
+
+
+def check_environment(config: Config, source: str, *, secrets: bool, at_start: bool = False) -> None:
+    """The checks that depend on this machine: files and directories, and with `secrets` the keys.
+
+    A certificate file that also holds the private key is both: it is reported once. With
+    `at_start` (`sscard run`), what systemd creates when the unit starts must be there now.
+    """
+    problems = _file_problems(config, source, at_start=at_start)
+    if secrets:
+        reported = {line.split(": ", 2)[1] for line in problems}
+        problems = [
+            line for line in _secret_problems(config, source) if line.split(": ", 2)[1] not in reported
+        ] + problems
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _file_problems(config: Config, source: str, *, at_start: bool) -> list[str]:
+    state_dir = config.terminal.state_dir
+    problems = [f"{source}: terminal.state_dir: {text}" for text in _directory_problems(state_dir)]
+    for key, path in (("queue.path", config.queue.path), ("hotlist.path", config.hotlist.path)):
+        if problems and path.is_relative_to(state_dir):
+            continue  # in the state directory (by default): its problem is already named
+        problems += [f"{source}: {key}: {text}" for text in _file_place_problems(path)]
+    if config.api is not None and config.api.listen.startswith("unix:"):
+        socket_path = Path(config.api.listen.removeprefix("unix:"))
+        problems += [f"{source}: api.listen: {text}" for text in _socket_place_problems(socket_path)]
+        if at_start and not socket_path.parent.is_dir() and not any(": api.listen: " in line for line in problems):
+            problems.append(
+                f"{source}: api.listen: the directory {socket_path.parent} of the socket is not there"
+                " (the unit's RuntimeDirectory= creates /run/sscard; elsewhere, create it first)"
+            )
+    for key, path in _certificate_files(config):
+        problem = _certificate_problem(path, ca=key.endswith(".ca_file"))
+        if problem is not None:
+            problems.append(f"{source}: {key}: {problem}")
+    return problems
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device or other special file"
+
+
+def _directory_problems(path: Path) -> list[str]:
+    """A directory the daemon writes to: there, or creatable (every existing parent a directory)."""
+    try:
+        if path.exists():
+            if not path.is_dir():
+                return [f"{path} is {_kind(path)}; it must be a directory (or not exist yet, to be created)"]
+            return []
+        ancestor = _nearest_existing(path)
+        if not ancestor.is_dir():
+            return [f"{path} cannot be created: {ancestor} is {_kind(ancestor)}, not a directory"]
+    except OSError as error:
+        return [f"cannot look at {path}: {error.strerror}"]
+    return []
+
+
+def _file_place_problems(path: Path) -> list[str]:
+    """A file the daemon creates or opens: not a directory, and its directory there or creatable."""
+    try:
+        if path.exists() and not path.is_file():
+            return [f"{path} is {_kind(path)}; it must be a file (or not exist yet, to be created)"]
+    except OSError as error:
+        return [f"cannot look at {path}: {error.strerror}"]
+    return [
+        text.replace(str(path.parent), f"the directory {path.parent}", 1) for text in _directory_problems(path.parent)
+    ]
+
+
+def _socket_place_problems(path: Path) -> list[str]:
+    """The API's socket: replaced at start if it is a socket, so anything else in its place is wrong.
+
+    Its directory is usually systemd's RuntimeDirectory=, created when the unit starts, so a
+    missing one is only wrong if it cannot be created.
+    """
+    try:
+        if path.exists() and not path.is_socket():
+            return [f"unix:{path} is {_kind(path)}; the API needs the place for its socket"]
+    except OSError as error:
+        return [f"cannot look at {path}: {error.strerror}"]
+    return [
+        text.replace(str(path.parent), f"the directory {path.parent}", 1) for text in _directory_problems(path.parent)
+    ]
+
+
+def _certificate_problem(path: Path, *, ca: bool) -> str | None:
+    """A CA or client certificate file: a readable file in PEM form, as the uplink's TLS loads it."""
+    try:
+        if path.exists() and not path.is_file():
+            return f"{path} is {_kind(path)}; it must be a certificate file (PEM)"
+        data = path.read_bytes()
+    except OSError as error:
+        return f"cannot read {path}: {error.strerror}"
+    if ca:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+        except ssl.SSLError as error:
+            return f"{path} holds no usable CA certificate (PEM): {error.reason or error}"
+        return None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        return f"{path} holds no certificate: expected PEM text with -----BEGIN CERTIFICATE-----"
+    return None
+
+
+# ---------------------------------------------------------------------- values out of reach
+
+NESTING_LIMIT = 32
+"""Arrays and tables nested deeper than this are no configuration: refused before validation."""
+
+
+def _leaves(raw: dict[str, Any], source: str) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    """Every value under its location, without recursion (the depth is what is being checked)."""
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), raw)]
+    while stack:
+        location, value = stack.pop()
+        if len(location) > NESTING_LIMIT:
+            raise ConfigError(
+                f"{source}: {_key_path(location[:2])}: nested more than {NESTING_LIMIT} levels deep;"
+                f" configuration values are at most {NESTING_LIMIT} arrays or tables deep"
+            )
+        if isinstance(value, dict):
+            stack += [((*location, key), child) for key, child in value.items()]
+        elif isinstance(value, list):
+            stack += [((*location, index), child) for index, child in enumerate(value)]
+        else:
+            yield location, value
+
+
+def _out_of_reach(value: Any) -> bool:
+    """inf, nan, and integers wider than SQLite's: no setting can mean them."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX
+
+
+def _replace_at(document: Any, location: tuple[Any, ...], value: Any) -> None:
+    for part in location[:-1]:
+        document = document[part]
+    document[location[-1]] = value
+
+
+def _finite_text(location: tuple[Any, ...], value: Any) -> str:
+    allowed = _allowed(location) or "a number"
+    if isinstance(value, float) and allowed.startswith("a number"):
+        allowed = "a finite number" + allowed.removeprefix("a number")
+    elif isinstance(value, int):
+        allowed = f"{allowed}, and at most {INT64_MAX}"
+    return f"must be {allowed} (got {value!r})"
+
+
+def _beyond_limits(model: BaseModel, location: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], float]]:
+    """Keys of the composed models that exceed the bounds of _FIELD_LIMITS."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        here = (*location, name)
+        if isinstance(value, BaseModel):
+            yield from _beyond_limits(value, here)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            limit = _field_limit(here)
+            if limit is not None and value > limit:
+                yield here, value
+
+
+def _start_problems(config: Config, source: str) -> list[str]:
+    """What the daemon's parts would refuse only when they are built at start, found now."""
+    problems: list[str] = []
+    mqtt, http, hotlist = config.uplink.mqtt, config.uplink.http, config.hotlist
+    mqtt_used = mqtt.enabled or hotlist.source == "mqtt"
+    if mqtt_used and not mqtt.host.strip():
+        problems.append(f"{source}: uplink.mqtt.host: must be the broker's host name or address (got '')")
+    if mqtt.enabled and ("#" in mqtt.topic or "+" in mqtt.topic or not mqtt.topic):
+        problems.append(
+            f"{source}: uplink.mqtt.topic: must be a topic to publish to, without the wildcards + and #"
+            f" (got {mqtt.topic!r})"
+        )
+    if mqtt_used and mqtt.password_file is not None and mqtt.username is None:
+        problems.append(f"{source}: uplink.mqtt.password_file: given without uplink.mqtt.username; set both or neither")
+    if hotlist.source == "mqtt" and not hotlist.mqtt_topic:
+        problems.append(f"{source}: hotlist.mqtt_topic: must be the retained topic of the hotlist (got '')")
+    if http.enabled and http.url is not None:
+        problems += _url_problems(source, "uplink.http.url", http.url)
+    if hotlist.source == "http" and hotlist.http_url is not None:
+        problems += _url_problems(source, "hotlist.http_url", hotlist.http_url)
+    if http.enabled and not _HEADER_NAME.fullmatch(http.signature_header):
+        problems.append(
+            f"{source}: uplink.http.signature_header: must be an HTTP header name (letters, digits and"
+            f" -!#$%&'*+.^_`|~) (got {http.signature_header!r})"
+        )
+    return problems
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _url_problems(source: str, key: str, url: str) -> list[str]:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as error:
+        return [f"{source}: {key}: must be an http(s) URL: {error} (got {url!r})"]
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [
+            f"{source}: {key}: must be an http(s) URL with a host, such as https://backoffice.example/v1 (got {url!r})"
+        ]
+    return []
 
 
 def parse_config(raw: dict[str, Any], source: str) -> Config:
-    """Validate an already-read TOML document; `source` names it in errors."""
+    """Validate an already-read TOML document; `source` names it in errors.
+
+    Besides the models' own rules: no inf or nan anywhere, no integer wider than 64 bits,
+    no nesting deeper than NESTING_LIMIT, the bounds of _FIELD_LIMITS, and what the
+    daemon's parts would refuse at start. Files and secrets are `check_environment`'s.
+    """
     problems = _missing_profile_section(raw, source)
+    document = _with_state_defaults(raw)
+    unreachable = [(location, value) for location, value in _leaves(document, source) if _out_of_reach(value)]
+    if unreachable:
+        document = json.loads(json.dumps(document, default=str, allow_nan=True))
+        for location, _ in unreachable:
+            _replace_at(document, location, None)
+    reported = {location for location, _ in unreachable if _node_at(location)[0] is not None}
+    problems = [
+        f"{source}: {_key_path(location)}: {_finite_text(location, value)}"
+        for location, value in unreachable
+        if location in reported
+    ] + problems
     # Through JSON so that validation can be strict (no "200" for 200) and still take paths
     # as strings; TOML dates and times become their ISO text.
-    document = json.dumps(_with_state_defaults(raw), default=str)
+    text = json.dumps(document, default=str)
     try:
-        config = Config.model_validate_json(document, strict=True)
+        config = Config.model_validate_json(text, strict=True)
     except ValidationError as error:
-        problems = [_describe(issue, source) for issue in error.errors()] + problems
-        raise ConfigError("\n".join(problems)) from None
+        problems += [_describe(issue, source) for issue in error.errors() if tuple(issue["loc"]) not in reported]
+        raise ConfigError("\n".join(_ordered(problems))) from None
+    problems += [
+        f"{source}: {_key_path(location)}: must be {_allowed(location)} (got {value!r})"
+        for location, value in _beyond_limits(config)
+    ]
     problems += _relative_secret_paths(config, source)
+    problems += _start_problems(config, source)
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError("\n".join(_ordered(problems)))
     return config
+
+
+def _ordered(problems: list[str]) -> list[str]:
+    """Each problem once, in the order found."""
+    return list(dict.fromkeys(problems))
 
 
 def load_config(path: Path) -> Config:
     """Read and validate the configuration file at `path`."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
+    return load_config_bytes(data, str(path))
+
+
+def load_config_bytes(data: bytes, source: str) -> Config:
+    """Validate a configuration read from elsewhere (`check-config -` reads standard input)."""
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text at byte {error.start}; the file must be UTF-8 TOML") from error
+        raise ConfigError(f"{source}: not UTF-8 text at byte {error.start}; the file must be UTF-8 TOML") from error
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from error
-    return parse_config(raw, str(path))
+        raise ConfigError(f"{source}: not valid TOML: {error}") from error
+    except RecursionError:
+        raise ConfigError(
+            f"{source}: not valid TOML for sscard: arrays or inline tables nested too deeply"
+            f" (configuration values are at most {NESTING_LIMIT} levels deep)"
+        ) from None
+    return parse_config(raw, source)

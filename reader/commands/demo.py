@@ -1,33 +1,46 @@
 """`sscard demo`: a bus validator on its embedded default, with no hardware.
 
 It starts the virtual reader bench (a real pcscd with the vpcd readers), puts the virtual
-PSAM in the SAM slot, runs the real daemon (the real pipeline, journal and durable queue)
-with config/demo.toml, and presents a scripted sequence of virtual cards: a Sichuan and a
-Chongqing card, an expired card, a card with a locked transport application, a card
-without one, a low balance, an elderly holder, a cloned card, the same card twice (passback)
-and a card pulled away in the middle of the debit that comes back. Each decision is shown
-as it happens, with the tap record the terminal would forward.
+PSAM in the SAM slot, starts a back office on loopback, runs the real daemon (the real
+pipeline, journal, durable queue and HTTP uplink) with config/demo.toml, and presents a
+scripted sequence of virtual cards: a Sichuan and a Chongqing card, an expired card, a card
+with a locked transport application, a card without one, a low balance, an elderly holder,
+a cloned card, the same card twice (passback) and a card pulled away in the middle of the
+debit that comes back.
+
+Each tap is one line of a table (card, decision, reason, fare and balance in yuan, the beep
+and the display text); the daemon's logs go to a file in the demo's state folder (to stderr
+with --verbose), so they never break the table. At the end the demo waits, for a bounded
+time, until the uplink has delivered every tap record, then prints a summary: taps by result
+and reason, revenue, delivered and still queued. `--json` prints the raw tap records, one
+JSON object a line, instead of the table (the rest then goes to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
+import sys
 import tempfile
 import threading
+import time
 import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from reader.backends.pcsc import wait_for_presence
 from reader.config import Config, parse_config
 from reader.daemon.app import Daemon
 from reader.daemon.events import Subscription
-from reader.daemon.feedback import Signal
+from reader.daemon.feedback import Signal, yuan
+from reader.log import configure_logging
+from reader.resources import example_config_path
+from reader.sim.backoffice import BackOffice
 from reader.sim.card import VirtualCard
 from reader.sim.card_side import CardSide
 from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS, PcscdBench
@@ -35,62 +48,104 @@ from reader.sim.psam import VirtualPsam
 from reader.sim.tearing import TearingCard
 from reader.sim.vpcd import VpcdLink
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
 INS_DEBIT = 0x54
 CARD_SLOT, SAM_SLOT = VPCD_READERS
+DECISION_TIMEOUT = 10.0
+"""How long one card may wait for its decision before the demo gives up (a hang, not a speed check)."""
+DRAIN_TIMEOUT = 10.0
+"""How long the demo waits at the end for the uplink to deliver every tap record."""
+SETTLE_SECONDS = 0.3
+"""How long a card stays on the reader after its decision, as a rider's would."""
+
+Record = Mapping[str, Any]
+
+
+def bundled_config() -> Path:
+    """Where the demo configuration shipped with sscard is; the one place that locates a file."""
+    return example_config_path("demo")
 
 
 @dataclass
 class Step:
+    """One card presented to the reader, and how many signals it takes (a torn debit gives two)."""
+
     title: str
     card: Callable[[], CardSide]
     signals: int = 1
 
 
+@dataclass
+class Tap:
+    """What one step came to: the records it left and the signals given while it was on the reader."""
+
+    step: Step
+    records: list[Record] = field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
+    decided: bool = True
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `demo`; the configuration is located at run time (bundled_config), not at import."""
     parser = sub.add_parser("demo", help="run a bus validator on virtual readers and cards (no hardware)")
-    parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="bus configuration to run")
+    parser.add_argument("--config", type=Path, default=None, help="bus configuration (default: the bundled demo)")
+    parser.add_argument("--json", action="store_true", help="print the raw tap records (JSON lines), not the table")
+    parser.add_argument("--verbose", action="store_true", help="send the daemon's logs to stderr, not to the log file")
+    parser.add_argument("--keep", action="store_true", help="keep the state folder (queue, journal, logs) afterwards")
     parser.set_defaults(func=run)
 
 
-def demo_config(path: Path, workdir: Path) -> Config:
-    """The demo configuration with its state and a fresh token key in `workdir`."""
+def demo_config(path: Path, workdir: Path, uplink_url: str, uplink_key: Path) -> Config:
+    """The demo configuration with its state, a fresh token key and the embedded back office.
+
+    The HTTP uplink keeps the settings of the file (batch size, timeouts) but is pointed at
+    the back office on loopback and signs with a key made for this run; MQTT is left out,
+    since one queue feeds one uplink.
+    """
     raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     key = workdir / "token.key"
     key.write_text(secrets.token_hex(32))
     raw["terminal"]["state_dir"] = str(workdir)
     raw["terminal"]["token_key"] = f"file:{key}"
+    http = dict(raw.get("uplink", {}).get("http", {}))
+    http.update(enabled=True, url=uplink_url, hmac_key_file=str(uplink_key))
+    raw["uplink"] = {"http": http}
     return parse_config(raw, str(path))
 
 
 class Watcher:
-    """Counts the feedback signals and prints each record and decision as it happens.
+    """Collects the feedback signals, and the records published before each of them.
 
-    Records are published before the feedback is given, so the records waiting when a
-    signal arrives belong to that tap.
+    The pipeline publishes a tap's record before it gives the feedback, so the records
+    waiting when a signal arrives belong to the taps decided so far.
     """
 
     def __init__(self) -> None:
-        self.signals = 0
         self.cond = threading.Condition()
+        self.signals: list[Signal] = []
         self.subscription: Subscription | None = None
 
     def on_signal(self, signal: Signal) -> None:
-        while self.subscription is not None and (record := self.subscription.get(timeout=0)) is not None:
-            shown = {key: value for key, value in record.items() if value is not None}
-            print(f"   record:  {json.dumps(shown, ensure_ascii=False)}")
-        print(f"   display: {' | '.join(line for line in signal.lines if line)}   (beep: {signal.beep})", flush=True)
+        """Called from the feedback thread for every signal, in the order given."""
         with self.cond:
-            self.signals += 1
+            self.signals.append(signal)
             self.cond.notify_all()
 
-    def wait(self, count: int, timeout: float = 10.0) -> bool:
+    def wait(self, count: int, timeout: float = DECISION_TIMEOUT) -> bool:
+        """Block until `count` signals have been given in all; False on timeout."""
         with self.cond:
-            return self.cond.wait_for(lambda: self.signals >= count, timeout)
+            return self.cond.wait_for(lambda: len(self.signals) >= count, timeout)
+
+    def records(self) -> list[Record]:
+        """The records published since the last call."""
+        taken: list[Record] = []
+        while self.subscription is not None and (record := self.subscription.get(timeout=0)) is not None:
+            taken.append(record)
+        return taken
 
 
-@contextmanager
+@contextlib.contextmanager
 def in_slot(card: CardSide, reader: str) -> Iterator[VpcdLink]:
+    """The card on the reader for the duration of the block; gone (as pcscd sees it) after."""
     link = VpcdLink(card, port=VPCD_PORTS[reader])
     link.insert()
     try:
@@ -101,6 +156,8 @@ def in_slot(card: CardSide, reader: str) -> Iterator[VpcdLink]:
 
 
 def script(workdir: Path) -> list[Step]:
+    """The cards of the demo, in order; their state (balance, logs) lives in `workdir`."""
+
     def card(name: str) -> Callable[[], CardSide]:
         return lambda: VirtualCard.from_profile(name, state_path=workdir / f"{name}.json")
 
@@ -111,11 +168,11 @@ def script(workdir: Path) -> list[Step]:
 
     return [
         Step("Sichuan card", card("sichuan")),
-        Step("the same card again at once (passback)", card("sichuan")),
-        Step("Chongqing card pulled away during the debit, then back", torn, signals=2),
+        Step("same card again (passback)", card("sichuan")),
+        Step("Chongqing card, torn, back", torn, signals=2),
         Step("expired card", card("expired")),
-        Step("transport application locked", card("locked-transport")),
-        Step("no transport application", card("no-transport")),
+        Step("transport app locked", card("locked-transport")),
+        Step("no transport app", card("no-transport")),
         Step("low balance", card("low-balance")),
         Step("holder over 70", card("elderly")),
         Step("second-generation card", card("second-generation")),
@@ -123,29 +180,230 @@ def script(workdir: Path) -> list[Step]:
     ]
 
 
+# ---------------------------------------------------------------------- the table
+
+COLUMNS: tuple[tuple[str, int, str], ...] = (
+    ("#", 3, ">"),
+    ("card", 28, "<"),
+    ("decision", 9, "<"),
+    ("reason", 21, "<"),
+    ("fare", 6, ">"),
+    ("balance", 8, ">"),
+    ("beep", 8, "<"),
+    ("display", 0, "<"),
+)
+"""Name, width and alignment; the display text comes last, as its Chinese characters are
+twice as wide on a terminal as their count and would shift every column after them."""
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "  ".join(f"{cell:{align}{width}}" for cell, (_, width, align) in zip(cells, COLUMNS, strict=True)).rstrip()
+
+
+def table_header() -> list[str]:
+    """The header line of the table and its rule."""
+    header = _row([name for name, _, _ in COLUMNS])
+    return [header, "-" * len(header)]
+
+
+def _shown(signal: Signal) -> str:
+    return " | ".join(line for line in signal.lines if line)
+
+
+def _money(fen: object) -> str:
+    return yuan(fen) if isinstance(fen, int) else "-"
+
+
+def balance_after(record: Record) -> object:
+    """The purse after the tap: what the debit left, or the balance read when nothing was debited."""
+    after = record.get("balance_after")
+    return after if after is not None else record.get("balance_before")
+
+
+def tap_rows(number: int, tap: Tap) -> list[str]:
+    """The table lines of one step: one per tap record, the signals beside the last one.
+
+    A card pulled away mid-debit gives a "tap again" signal and, once it is back, the record
+    and its own signal: the row shows the final signal, with the earlier ones after it.
+    """
+    final = tap.signals[-1] if tap.signals else None
+    beep = final.beep if final else "-"
+    display = _shown(final) if final else ("(no decision)" if not tap.decided else "-")
+    earlier = "; ".join(f"{_shown(signal)} ({signal.beep})" for signal in tap.signals[:-1])
+    if earlier:
+        display += f"   [before: {earlier}]"
+    if not tap.records:
+        return [_row([str(number), tap.step.title, "-", "no record", "-", "-", beep, display])]
+    rows = []
+    for index, record in enumerate(tap.records, 1):
+        last = index == len(tap.records)
+        rows.append(
+            _row(
+                [
+                    str(number),
+                    tap.step.title,
+                    str(record.get("result")),
+                    str(record.get("reason")),
+                    _money(record.get("fare")) if record.get("result") == "accepted" else "-",
+                    _money(balance_after(record)),
+                    beep if last else "",
+                    display if last else "",
+                ]
+            )
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------- the summary
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where the records stand at the end: held by the back office, still queued, set aside."""
+
+    delivered: int
+    queued: int
+    poison: int
+    drained: bool
+
+
+def summary_lines(records: Sequence[Record], delivery: Delivery) -> list[str]:
+    """Taps by result and by reason, revenue in yuan, and what the uplink delivered."""
+    results = Counter(str(record.get("result")) for record in records)
+    lines = [f"Summary: {len(records)} taps"]
+    for result, count in sorted(results.items()):
+        reasons = Counter(str(record.get("reason")) for record in records if record.get("result") == result)
+        by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+        lines.append(f"  {result:<12}{count:<4}({by_reason})")
+    fares = [record.get("fare") for record in records if record.get("result") == "accepted"]
+    paid = [fare for fare in fares if isinstance(fare, int) and fare > 0]
+    free = sum(fare == 0 for fare in fares)
+    lines.append(f"  {'revenue':<12}{yuan(sum(paid))} yuan ({len(paid)} paid rides, {free} free)")
+    uplink = f"  {'uplink':<12}{delivery.delivered} delivered to the back office, {delivery.queued} queued"
+    if delivery.poison:
+        uplink += f", {delivery.poison} set aside as poison"
+    if not delivery.drained:
+        uplink += f" (not drained within {DRAIN_TIMEOUT:g} s)"
+    lines.append(uplink)
+    return lines
+
+
+def wait_for_delivery(daemon: Daemon, office: BackOffice, records: Sequence[Record], timeout: float) -> Delivery:
+    """Wait, at most `timeout` seconds, until the back office holds every record and the queue is empty."""
+    services = daemon.services
+    assert services is not None
+    ids = [(str(record["terminal_id"]), str(record["tap_id"])) for record in records]
+    deadline = time.monotonic() + timeout
+    while True:
+        delivered = sum(office.holds(terminal, tap_id) for terminal, tap_id in ids)
+        status = services.queue.status()
+        drained = delivered == len(ids) and status.depth == 0
+        if drained or time.monotonic() >= deadline:
+            return Delivery(delivered, status.depth, status.poison, drained)
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def state_folder(keep: bool) -> Iterator[Path]:
+    """A fresh folder for the demo's keys, queue, journal, card states and logs."""
+    if keep:
+        yield Path(tempfile.mkdtemp(prefix="sscard-demo-"))
+        return
+    with tempfile.TemporaryDirectory(prefix="sscard-demo-") as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def logs_to(path: Path, verbose: bool, level: str) -> Iterator[None]:
+    """The daemon's logs in `path` (or on stderr when verbose) for the run; stderr again after."""
+    shown = "debug" if level.lower() == "debug" else "info"
+    if verbose:
+        configure_logging(shown)
+        try:
+            yield
+        finally:
+            configure_logging(level)
+        return
+    with path.open("a", encoding="utf-8") as stream:
+        configure_logging(shown, stream)
+        try:
+            yield
+        finally:
+            configure_logging(level)
+
+
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="sscard-demo-") as tmp, PcscdBench() as bench:
-        workdir = Path(tmp)
-        config = demo_config(args.config, workdir)
-        print(f"pcscd {'started' if bench.owned else 'already running: reused'}; state in {workdir}")
+    """Run the scripted demo; 0 when every card was decided and every record delivered."""
+    path: Path = args.config if args.config is not None else bundled_config()
+    notes: TextIO = sys.stderr if args.json else sys.stdout
+    with state_folder(args.keep) as workdir:
+        log_file = workdir / "demo.log"
+        with logs_to(log_file, args.verbose, args.log_level):
+            status = _run(path, workdir, args.json, notes)
+        if not args.verbose:
+            print(
+                f"Logs: {log_file}" + ("" if args.keep else " (removed with the state folder; --keep keeps it)"),
+                file=notes,
+            )
+    return status
+
+
+def _run(path: Path, workdir: Path, as_json: bool, notes: TextIO) -> int:
+    uplink_key = workdir / "uplink.key"
+    uplink_key.write_text(secrets.token_hex(32))
+    with PcscdBench(log_file=workdir / "pcscd.log") as bench, BackOffice(hmac_key=uplink_key.read_bytes()) as office:
+        config = demo_config(path, workdir, office.url, uplink_key)
+        bus = config.bus
+        assert bus is not None, "the demo runs a bus validator"
+        print(f"Bus validator {config.terminal.id}, line {bus.line}, fare {yuan(bus.fare)} yuan", file=notes)
+        print(f"pcscd {'started' if bench.owned else 'already running: reused'}; state in {workdir}", file=notes)
+        print(f"Back office on loopback: {office.url}", file=notes)
         watcher = Watcher()
+        taps: list[Tap] = []
         with in_slot(VirtualPsam.from_profile("demo-psam", workdir / "psam.json"), SAM_SLOT):
             daemon = Daemon(config, echo=watcher.on_signal)
             daemon.start()
-            assert daemon.services is not None
-            watcher.subscription = daemon.services.events.subscribe()
             try:
-                seen = 0
-                for number, step in enumerate(script(workdir), 1):
-                    print(f"\n{number:2}. {step.title}")
-                    with in_slot(step.card(), CARD_SLOT):
-                        seen += step.signals
-                        if not watcher.wait(seen):
-                            print("   (no decision within 10 s)")
-                            return 1
-                        threading.Event().wait(0.3)
-                status = daemon.status()
+                assert daemon.services is not None
+                watcher.subscription = daemon.services.events.subscribe()
+                if not as_json:
+                    print("\n" + "\n".join(table_header()), flush=True)
+                taps = _present(script(workdir), watcher, as_json)
+                records = [record for tap in taps for record in tap.records]
+                delivery = wait_for_delivery(daemon, office, records, DRAIN_TIMEOUT)
             finally:
                 daemon.stop()
-        print(f"\nqueue: {status['queue']['depth']} tap records waiting for the uplink")
-    return 0
+        print("", file=notes)
+        undecided = [tap.step.title for tap in taps if not tap.decided]
+        if undecided:
+            print(f"Stopped: no decision for the {undecided[0]} within {DECISION_TIMEOUT:g} s", file=notes)
+        print("\n".join(summary_lines(records, delivery)), file=notes, flush=True)
+    return 0 if not undecided and delivery.drained else 1
+
+
+def _present(steps: Sequence[Step], watcher: Watcher, as_json: bool) -> list[Tap]:
+    """Present each card in turn and print its line (or its records) once it is decided."""
+    taps: list[Tap] = []
+    seen = 0
+    for number, step in enumerate(steps, 1):
+        tap = Tap(step)
+        with in_slot(step.card(), CARD_SLOT):
+            tap.decided = watcher.wait(seen + step.signals)
+            if tap.decided:
+                threading.Event().wait(SETTLE_SECONDS)
+        with watcher.cond:
+            tap.signals = watcher.signals[seen:]
+            seen = len(watcher.signals)
+        tap.records = watcher.records()
+        taps.append(tap)
+        if as_json:
+            for record in tap.records:
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+        else:
+            print("\n".join(tap_rows(number, tap)), flush=True)
+        if not tap.decided:
+            break
+    return taps

@@ -1,7 +1,8 @@
 """`sscard queue`: look into the tap queue, export it, and put poison taps back in line.
 
 status, list and export open the file read-only, so they are safe while the daemon runs;
-retry-poison writes (one short transaction) and is safe too.
+retry-poison writes (one short transaction) and is safe too. A file that is not a queue (not
+SQLite, a directory, unreadable) is named in one line on stderr, exit status 1.
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from reader.uplink.errors import QueueCorruptError, QueueMissingError
+from reader.uplink.errors import QueueCorruptError, QueueMissingError, QueueStorageError
 from reader.uplink.queue import QueuedTap, QueueStatus, TapQueue
 from reader.uplink.settings import QueueSettings
 
 DB_ENV = "SSCARD_QUEUE_DB"
+QUEUE_ERRORS = (QueueMissingError, QueueCorruptError, QueueStorageError, sqlite3.DatabaseError)
+"""What a file that is not a usable queue raises, on opening or on the first read."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = sub.add_parser("list", help="queued taps, oldest first")
     listing.add_argument("--poison", action="store_true", help="list the poison taps instead")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many rows (0: all)")
+    listing.add_argument("--limit", type=_non_negative, default=50, help="at most this many rows (0: all)")
     listing.set_defaults(func=_list)
 
     export = sub.add_parser("export", help="write the queued tap records as JSON lines")
@@ -63,20 +67,40 @@ def _open(args: argparse.Namespace, *, readonly: bool) -> TapQueue:
     path = _db_path(args)
     if not path.exists():
         raise QueueMissingError(f"no queue at {path}")
+    if not path.is_file():
+        raise QueueMissingError(f"{path} is not a queue file (a directory or a device)")
     return TapQueue(QueueSettings(path=path), readonly=readonly, on_corrupt="raise")
 
 
 def _fail(message: str) -> int:
+    """One line on stderr: the queue's errors carry their kind as a prefix ("storage_error: ...")."""
     print(f"sscard queue: {message}", file=sys.stderr)
     return 1
+
+
+def _reason(args: argparse.Namespace, exc: Exception) -> str:
+    """The queue's own errors name the file; SQLite's do not."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        return f"{_db_path(args)}: not a usable queue: {exc}"
+    return str(exc)
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative (0 means all)")
+    return value
 
 
 def _status(args: argparse.Namespace) -> int:
     try:
         with _open(args, readonly=True) as queue:
             status = queue.status()
-    except (QueueMissingError, QueueCorruptError) as exc:
-        return _fail(str(exc))
+    except QUEUE_ERRORS as exc:
+        return _fail(_reason(args, exc))
     if args.json:
         print(json.dumps(status.as_dict(), indent=2))
     else:
@@ -160,8 +184,8 @@ def _list(args: argparse.Namespace) -> int:
                         break
                     print(_row(tap, now))
                     shown += 1
-    except (QueueMissingError, QueueCorruptError) as exc:
-        return _fail(str(exc))
+    except QUEUE_ERRORS as exc:
+        return _fail(_reason(args, exc))
     return 0
 
 
@@ -173,8 +197,8 @@ def _export(args: argparse.Namespace) -> int:
             else:
                 with open(args.file, "w", encoding="utf-8") as out:
                     count = _write_lines(queue, args.poison, out)
-    except (QueueMissingError, QueueCorruptError) as exc:
-        return _fail(str(exc))
+    except QUEUE_ERRORS as exc:
+        return _fail(_reason(args, exc))
     except OSError as exc:
         return _fail(f"cannot write {args.file}: {exc}")
     print(f"exported {count} tap records", file=sys.stderr)
@@ -196,7 +220,7 @@ def _retry_poison(args: argparse.Namespace) -> int:
         with _open(args, readonly=False) as queue:
             moved = queue.retry_poison(args.seq)
             left = queue.status().poison
-    except (QueueMissingError, QueueCorruptError) as exc:
-        return _fail(str(exc))
+    except QUEUE_ERRORS as exc:
+        return _fail(_reason(args, exc))
     print(f"{moved} taps back in the queue, {left} still set aside")
     return 0

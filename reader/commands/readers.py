@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,15 +138,34 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"{row['backend']:<6} {row['name']:<{width}}  {row['role'] or '-':<11} {row['state']:<11} {detail}{atr}")
 
 
+def _one_line(error: Exception) -> str:
+    """A configuration error as one line: pydantic's own text takes one line per problem and more."""
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"readers.{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}" for issue in error.errors()
+        )
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror}"
+    return str(error).replace("\n", " ")
+
+
 def run(args: argparse.Namespace) -> int:
+    """The table (or JSON) on stdout; why pcscd cannot be asked, on stderr as well.
+
+    With pcscd down there is no reader to list: the table would only hold the error, which
+    is no data. In JSON the row stays, for monitoring that reads the document.
+    """
     try:
         settings = load_reader_settings(getattr(args, "config", None))
     except (OSError, ValueError, ValidationError) as error:
-        print(f"sscard readers: cannot use the configuration: {error}")
+        print(f"sscard readers: cannot use the configuration: {_one_line(error)}", file=sys.stderr)
         return 2
     rows = list_rows(settings)
+    service = [row for row in rows if row["role"] == "service"]
+    for row in service:
+        print(f"sscard readers: {row['name']}: {row['state']}: {row['detail']} (is pcscd running?)", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print_table(rows)
+        print_table([row for row in rows if row["role"] != "service"])
     return 0 if healthy(rows) else 1

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from reader.config import EX_CONFIG, ConfigError, check_secrets, load_config
+from reader.config import EX_CONFIG, ConfigError, check_environment, load_config
 from reader.daemon.app import Daemon
 from reader.uplink.errors import UplinkConfigError
 
@@ -20,12 +20,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 78 for anything the configuration got wrong, before a reader or the queue is opened.
 
+    The checks are those of `sscard check-config --secrets`, with the same lines.
+
     Signals are taken over before the start: a SIGTERM that arrives while the readers are
     being opened then stops the daemon in order instead of killing it in the middle.
     """
     try:
         config = load_config(args.config)
-        check_secrets(config, str(args.config))
+        check_environment(config, str(args.config), secrets=True, at_start=True)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EX_CONFIG

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -47,16 +48,30 @@ class _Slot(Protocol):
 
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65_535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port of 1 to 65535")
     return host, int(port)
 
 
+def _udp_port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65_535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UDP port (1 to 65535)")
+    return int(text)
+
+
 def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds between 0 and one day")
     return value
+
+
+def _error(command: str, message: object) -> None:
+    """Errors go to stderr; stdout keeps only what the device does (inserted, removed)."""
+    print(f"sscard sim {command}: {message}", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,7 +82,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     card.add_argument("--profile", required=True, help="bundled profile name or a profile TOML file")
     where = card.add_mutually_exclusive_group()
     where.add_argument("--vpcd", type=_host_port, metavar="HOST:PORT", help=f"vpcd slot (default {CARD_VPCD})")
-    where.add_argument("--nfc-udp", type=int, metavar="PORT", help="answer nfcpy's udp driver on this UDP port")
+    where.add_argument("--nfc-udp", type=_udp_port, metavar="PORT", help="answer nfcpy's udp driver on this UDP port")
     card.add_argument("--tap-seconds", type=_positive, metavar="N", help="insert for N seconds, then remove")
     card.add_argument("--repeat", action="store_true", help="tap again and again (needs --tap-seconds)")
     card.add_argument("--gap-seconds", type=_positive, default=1.0, metavar="N", help="pause between taps")
@@ -116,7 +131,7 @@ def _tap_loop(slot: _Slot, stop: threading.Event, tap: float | None, repeat: boo
         slot.insert()
         print("inserted", flush=True)
         if isinstance(slot, VpcdLink) and not slot.wait_connected(2.0):
-            print(f"waiting for vpcd on port {slot.port} (is pcscd running?)", flush=True)
+            print(f"waiting for vpcd on port {slot.port} (is pcscd running?)", file=sys.stderr, flush=True)
         if tap is None:
             stop.wait()
         else:
@@ -129,12 +144,12 @@ def _tap_loop(slot: _Slot, stop: threading.Event, tap: float | None, repeat: boo
 
 def run_card(args: argparse.Namespace) -> int:
     if args.repeat and args.tap_seconds is None:
-        print("sscard sim card: --repeat needs --tap-seconds")
+        _error("card", "--repeat needs --tap-seconds")
         return 2
     try:
         card = VirtualCard.from_profile(args.profile, state_path=args.state)
     except (ProfileError, KeyFileError, StateFileError) as error:
-        print(f"sscard sim card: {error}")
+        _error("card", error)
         return 1
     label = f"card {card.profile.name} ({card.profile.description})"
     stop = _stop_on_signals()
@@ -154,7 +169,7 @@ def run_psam(args: argparse.Namespace) -> int:
     try:
         psam = VirtualPsam.from_profile(args.profile, state_path=args.state)
     except (ProfileError, KeyFileError, StateFileError) as error:
-        print(f"sscard sim psam: {error}")
+        _error("psam", error)
         return 1
     stop = _stop_on_signals()
     slot, close = _vpcd_slot(psam, args.vpcd or _host_port(PSAM_VPCD), f"PSAM {psam.profile.name}")

@@ -37,7 +37,7 @@ from reader.peripherals.display import LineDisplay
 from reader.peripherals.relay import GateRelay
 from reader.service.notify import NotifyError, SystemdNotifier, watchdog_interval
 from reader.uplink import create_hotlist_sync, create_uplink
-from reader.uplink.errors import HotlistFormatError
+from reader.uplink.errors import HotlistFormatError, UplinkError
 from reader.uplink.hotlist import HotlistStore
 from reader.uplink.queue import TapQueue
 from reader.uplink.worker import UplinkWorker
@@ -54,6 +54,19 @@ RESTART_SECTIONS = ("terminal", "readers", "queue", "uplink", "hotlist", "api")
 
 def _note_signal(number: int, frame: object) -> None:
     """The signal is taken from the wakeup pipe by the main loop; nothing is done here."""
+
+
+def _private_directory(path: Path) -> None:
+    """Create the state directory owner-only (0700): it holds the queue and the journal.
+
+    A directory that exists already is the operator's (or systemd's StateDirectoryMode=):
+    it is left as it is, with a warning when others may read it.
+    """
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+        path.chmod(0o700)
+    elif path.stat().st_mode & 0o077:
+        log.warning("state_directory_readable_by_others", path=str(path), mode=oct(path.stat().st_mode & 0o777))
 
 
 def default_readers(config: Config) -> tuple[list[Reader], Reader | None]:
@@ -103,9 +116,11 @@ class Daemon:
 
     def start(self) -> None:
         config = self.config
-        config.terminal.state_dir.mkdir(parents=True, exist_ok=True)
+        _private_directory(config.terminal.state_dir)
         queue = TapQueue(config.queue)
-        journal = Journal(config.terminal.state_dir / "journal.sqlite3")
+        token_key = read_secret(config.terminal.token_key)
+        journal = Journal(queue, token_key)
+        journal.adopt(config.terminal.state_dir / "journal.sqlite3")
         feedback = Feedback(
             display=self._display(),
             relay=self._relay(),
@@ -114,7 +129,7 @@ class Daemon:
         )
         self.services = Services(
             config=config,
-            token_key=read_secret(config.terminal.token_key),
+            token_key=token_key,
             queue=queue,
             hotlist=HotlistStore(config.hotlist.path),
             journal=journal,
@@ -172,7 +187,6 @@ class Daemon:
                 self.services.feedback.stop()
             if self.services.psam is not None:
                 self.services.psam.close()
-            self.services.journal.close()
             self.services.queue.close()
         for reader in self.readers:
             reader.close()
@@ -238,12 +252,19 @@ class Daemon:
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             self.reload()
-        self._settle_torn_debits()
+        try:
+            self._settle_torn_debits()
+            status = self.status_line()
+        except UplinkError as error:
+            # Storage trouble (disk full, I/O error) puts the terminal out of service, which
+            # the taps already say; the daemon stays up to serve again when it clears.
+            log.error("daemon_storage_failed", error_type=type(error).__name__, error=str(error))
+            status = f"out of service: storage: {error}"
         if self.healthy():
             self.notifier.watchdog()
         else:
             log.error("daemon_unhealthy", dead=self.dead_workers())
-        self.notifier.status(self.status_line())
+        self.notifier.status(status)
 
     # ------------------------------------------------------------------ reload
 
@@ -311,7 +332,16 @@ class Daemon:
             "uplinks": {worker.name: worker.stats().as_dict() for worker in self.uplinks},
             "hotlist_version": services.hotlist.version,
             "pending_debits": len(services.journal.all_pending()),
+            "psam": self._psam_status(),
         }
+
+    def _psam_status(self) -> Mapping[str, Any] | None:
+        """The PSAM slot for the depot page and the metrics: whether its channel is open, how often it opened."""
+        psam = self._services().psam
+        if psam is None:
+            return None
+        # SamSlot keeps its channel private; reading the reference needs no lock.
+        return {"reader": psam.name, "open": psam._channel is not None, "generation": psam.generation}
 
     def status_line(self) -> str:
         services = self._services()

@@ -1,15 +1,21 @@
-"""Fan-out of tap events to local listeners (gate controllers, POS software).
+"""Fan-out of tap events to local listeners, and the hand-over of one card to one POS request.
 
 The tap path never waits for a listener: each subscriber has a bounded queue, and one that
 falls behind is cut off (it reconnects and resumes from the queue's own history upstream).
+Observers (the tap statistics behind the status page and the metrics) are called in the
+publishing thread, so they see every record in order; they must be cheap and must not raise.
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
+
+Observer = Callable[[Mapping[str, Any]], None]
 
 
 class Subscription:
@@ -34,6 +40,7 @@ class EventHub:
         self._depth = depth
         self._lock = threading.Lock()
         self._subscriptions: set[Subscription] = set()
+        self._observers: tuple[Observer, ...] = ()
 
     def subscribe(self) -> Subscription:
         subscription = Subscription(self._depth)
@@ -46,9 +53,22 @@ class EventHub:
         with self._lock:
             self._subscriptions.discard(subscription)
 
+    @property
+    def subscribers(self) -> int:
+        with self._lock:
+            return len(self._subscriptions)
+
+    def observe(self, observer: Observer) -> None:
+        """Call `observer(record)` for every record published from now on, in the publisher's thread."""
+        with self._lock:
+            self._observers = (*self._observers, observer)
+
     def publish(self, event: Mapping[str, Any]) -> None:
         with self._lock:
             subscriptions = list(self._subscriptions)
+            observers = self._observers
+        for observer in observers:
+            observer(event)
         for subscription in subscriptions:
             try:
                 subscription.events.put_nowait(event)
@@ -56,43 +76,78 @@ class EventHub:
                 self.unsubscribe(subscription)
 
 
+class TooManyCardRequests(Exception):
+    """More POS requests wait for a card than the terminal serves at once."""
+
+
+class _Ticket:
+    """One waiting request: the answer meant for it alone."""
+
+    __slots__ = ("answer", "served")
+
+    def __init__(self) -> None:
+        self.answer: Mapping[str, Any] | None = None
+        self.served = threading.Event()
+
+
 class CardRequests:
     """POS software asks for the next card; the pharmacy pipeline answers with the holder.
 
-    A tap with no request waiting is served to nobody: the identity is dropped at once
-    and never stored.
+    Each card goes to exactly one request, the one that has waited longest: two requests
+    waiting at once (a POS retrying, two programs on one terminal) get two different cards,
+    and neither sees the other's holder. A request whose client went away is withdrawn, so a
+    card is not handed to a closed connection while a live request waits. A tap with no
+    request waiting is served to nobody: the identity is dropped at once and never stored.
     """
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._waiting = 0
-        self._answer: Mapping[str, Any] | None = None
-        self._generation = 0
+    def __init__(self, limit: int = 4, poll: float = 0.2) -> None:
+        self.limit = limit
+        self._poll = poll
+        self._lock = threading.Lock()
+        self._tickets: collections.deque[_Ticket] = collections.deque()
 
     @property
     def waiting(self) -> bool:
-        with self._cond:
-            return self._waiting > 0
+        with self._lock:
+            return bool(self._tickets)
 
-    def wait_for_card(self, timeout: float) -> Mapping[str, Any] | None:
-        """Block until the next card is read (its answer) or `timeout` passes (None)."""
-        with self._cond:
-            self._waiting += 1
-            generation = self._generation
-            try:
-                self._cond.wait_for(lambda: self._generation != generation, timeout)
-                return self._answer if self._generation != generation else None
-            finally:
-                self._waiting -= 1
-                if self._waiting == 0:
-                    self._answer = None
+    @property
+    def waiting_count(self) -> int:
+        with self._lock:
+            return len(self._tickets)
+
+    def wait_for_card(
+        self, timeout: float, abandoned: Callable[[], bool] | None = None
+    ) -> Mapping[str, Any] | None:
+        """Block until the next card is read (its answer), `timeout` passes or `abandoned()` (None).
+
+        `abandoned` is asked every `poll` seconds (the client hung up, the API is stopping).
+        Raises TooManyCardRequests when `limit` requests already wait.
+        """
+        ticket = _Ticket()
+        with self._lock:
+            if len(self._tickets) >= self.limit:
+                raise TooManyCardRequests(f"{len(self._tickets)} requests already wait for a card")
+            self._tickets.append(ticket)
+        deadline = time.monotonic() + timeout
+        try:
+            while not ticket.served.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0 or (abandoned is not None and abandoned()):
+                    break
+                ticket.served.wait(min(left, self._poll))
+        finally:
+            with self._lock:
+                if ticket in self._tickets:
+                    self._tickets.remove(ticket)
+        return ticket.answer
 
     def offer(self, answer: Mapping[str, Any]) -> bool:
-        """Hand a card's answer to every waiting request; False when nobody was waiting."""
-        with self._cond:
-            if self._waiting == 0:
+        """Hand a card's answer to the longest-waiting request; False when nobody was waiting."""
+        with self._lock:
+            if not self._tickets:
                 return False
-            self._answer = answer
-            self._generation += 1
-            self._cond.notify_all()
+            ticket = self._tickets.popleft()
+            ticket.answer = answer
+            ticket.served.set()
             return True

@@ -39,11 +39,14 @@ _DENIED_TEXT: dict[Reason, str] = {
     Reason.MAC2_INVALID: "请联系客服 See staff",
     Reason.OUT_OF_SERVICE: "暂停服务 Out of service",
     Reason.PSAM_UNAVAILABLE: "暂停服务 Out of service",
+    Reason.PSAM_CANNOT_AUTHENTICATE: "请联系客服 See staff",
 }
 
 
 def yuan(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
+    """Fen as yuan with two decimals; below zero while a purse uses its overdraft (-150 → -1.50)."""
+    sign = "-" if fen < 0 else ""
+    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,18 @@ class Signal:
 
 
 def signal_for(decision: Decision, balance_after: int | None = None) -> Signal:
-    """The signal for a decision; an accepted fare shows what was paid and what is left."""
+    """The signal for a decision; an accepted fare shows what was paid and what is left.
+
+    A free ride (a concession band at 0 %) debits nothing, so it says so: "免费乘车" (free
+    ride) with the band, never "扣款 0.00", which reads as a charge to the rider watching.
+    """
     if decision.accepted:
         fare = decision.fare
         if fare is None:
             return Signal(("欢迎 Welcome", ""), "ok", open_gate=True)
+        band = f" {fare.band}" if fare.band else ""
+        first = f"免费乘车{band}" if fare.amount == 0 else f"扣款 {yuan(fare.amount)}{band}"
         second = f"余额 {yuan(balance_after)}" if balance_after is not None else ""
-        first = f"扣款 {yuan(fare.amount)}" + (f" {fare.band}" if fare.band else "")
         return Signal((first, second), "ok", open_gate=True)
     beep = "warning" if decision.reason in (Reason.ALREADY_PAID, Reason.CARD_REMOVED) else "denied"
     return Signal((_DENIED_TEXT.get(decision.reason, decision.reason.value), ""), beep)

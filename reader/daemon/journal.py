@@ -1,40 +1,69 @@
-"""The daemon's own durable state: debits in flight, and when each card last paid here.
+"""The daemon's own durable state: debits in flight, and what each card did here lately.
 
 A debit is journalled before DEBIT FOR PURCHASE is sent, with everything GET TRANSACTION
-PROOF needs, and cleared once the tap's record is in the queue. So a card pulled away
-mid-debit is settled when it returns, and a daemon that dies between the card's commit and
-the queue's leaves an entry that the next start turns into a record: a committed debit is
-never lost. The passback table lives here too, so a restart does not charge a card twice.
+PROOF needs. The journal lives in the queue's database, so the tap's record and the
+settlement of its debit are one commit (`settle`, passed to `TapQueue.enqueue`): after a
+crash at any moment there is either a pending debit and no record, or a record and no
+pending debit. A card pulled away mid-debit is settled when it returns; a daemon that dies
+between the card's commit and the queue's leaves an entry that becomes a record later: a
+committed debit is never lost, and never recorded twice.
+
+The journal identifies a purse by a keyed digest of its serial, never the serial itself:
+the digest is recomputed from the card that comes back, and the record of a card that never
+returned carries the masked serial kept beside it.
+
+`recent_cards` serves passback: when a card last paid here, or was refused as not genuine
+(a clone is refused at once within the window instead of trying again), so a restart does
+not charge a card twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import enum
+import hashlib
+import hmac
 import json
 import sqlite3
-import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from protocols.purchase import Recovery
+from reader.log import get_logger
+from reader.uplink.queue import TapQueue
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pending_debits (
-    serial TEXT PRIMARY KEY,
-    tap_id TEXT NOT NULL,
-    recovery TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    token TEXT,
-    region TEXT,
-    allowance INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS last_paid (
-    token TEXT PRIMARY KEY,
-    at REAL NOT NULL
-);
-"""
+log = get_logger(component="journal")
 
-_SELECT_PENDING = "SELECT tap_id, recovery, created_at, token, region, allowance FROM pending_debits"
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS pending_debits (
+        purse TEXT PRIMARY KEY,
+        serial_masked TEXT NOT NULL,
+        tap_id TEXT NOT NULL,
+        recovery TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        token TEXT,
+        region TEXT,
+        allowance INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE IF NOT EXISTS recent_cards (
+        token TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (token, kind)
+    )""",
+)
+
+_SELECT_PENDING = "SELECT serial_masked, tap_id, recovery, created_at, token, region, allowance FROM pending_debits"
+_Row = tuple[str, str, str, float, str | None, str | None, int]
+
+
+class CardMark(enum.StrEnum):
+    """What the journal remembers of a card, for the passback window."""
+
+    PAID = "paid"
+    NOT_GENUINE = "not_genuine"
 
 
 @dataclass(frozen=True)
@@ -48,44 +77,71 @@ class PendingDebit:
     region: str | None = None
     allowance: int = 0
     """The purse's overdraft allowance, which the card counts in its balances."""
+    serial_masked: str = ""
+    """The e-purse serial with all but its last four digits masked, for the record."""
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a tap's record settles in the journal, committed in the record's transaction."""
+
+    serial: str | None = None
+    """The e-purse whose pending debit the record settles."""
+    mark: tuple[str, CardMark, dt.datetime] | None = None
+    """(card token, what happened, when): remembered for the passback window."""
+    keep: dt.timedelta = dt.timedelta(0)
+    """How long marks are kept (the passback window); older ones are pruned."""
+
+
+def mask_serial(serial: str) -> str:
+    """All but the last four digits replaced by '*'."""
+    return "*" * max(0, len(serial) - 4) + serial[-4:]
 
 
 def _encode(recovery: Recovery) -> str:
-    fields = asdict(recovery)
+    fields = dataclasses.asdict(recovery)
+    fields.pop("application_serial")
     fields["terminal_id"] = recovery.terminal_id.hex()
     fields["time"] = recovery.time.isoformat()
     return json.dumps(fields)
 
 
-def _decode(text: str) -> Recovery:
+def _decode(text: str, serial: str) -> Recovery:
     fields = json.loads(text)
     fields["terminal_id"] = bytes.fromhex(fields["terminal_id"])
     fields["time"] = dt.datetime.fromisoformat(fields["time"])
-    return Recovery(**fields)
+    return Recovery(application_serial=serial, **fields)
 
 
 class Journal:
-    """SQLite at synchronous=FULL: one small commit before each debit, one after."""
+    """Pending debits and recent cards, in the queue's database (synchronous=FULL)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, queue: TapQueue, key: bytes) -> None:
+        self._queue = queue
+        self._key = key
+        with queue.transaction() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    def purse(self, serial: str) -> str:
+        """The keyed digest that stands for the e-purse `serial` in the journal."""
+        return hmac.new(self._key, b"purse:" + serial.encode("ascii"), hashlib.sha256).hexdigest()
+
+    # -- debits ------------------------------------------------------------------------------
 
     def begin_debit(self, debit: PendingDebit) -> None:
-        """Record a debit about to be sent, with what its record needs; returns once it is on disk."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO pending_debits VALUES (?, ?, ?, ?, ?, ?, ?)",
+        """Record a debit about to be sent; returns once it is on disk.
+
+        Raises the queue's OutOfServiceError subclasses when it cannot be written (disk full):
+        DEBIT must then not be sent.
+        """
+        serial = debit.recovery.application_serial
+        with self._queue.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO pending_debits VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    debit.recovery.application_serial,
+                    self.purse(serial),
+                    mask_serial(serial),
                     debit.tap_id,
                     _encode(debit.recovery),
                     debit.created_at.timestamp(),
@@ -95,51 +151,105 @@ class Journal:
                 ),
             )
 
-    def end_debit(self, serial: str) -> None:
-        """The debit's outcome is recorded in the queue: forget it."""
-        with self._lock:
-            self._db.execute("DELETE FROM pending_debits WHERE serial = ?", (serial,))
-
     def pending(self, serial: str) -> PendingDebit | None:
-        with self._lock:
-            row = self._db.execute(
-                f"{_SELECT_PENDING} WHERE serial = ?", (serial,)
-            ).fetchone()
-        return None if row is None else self._pending(row)
+        """The pending debit of the purse `serial`, if any (its recovery carries the serial)."""
+        with self._queue.read() as conn:
+            row = conn.execute(f"{_SELECT_PENDING} WHERE purse = ?", (self.purse(serial),)).fetchone()
+        return None if row is None else _pending(row, serial)
 
     def all_pending(self) -> list[PendingDebit]:
-        with self._lock:
-            rows = self._db.execute(_SELECT_PENDING).fetchall()
-        return [self._pending(row) for row in rows]
+        """Every pending debit, oldest first; their recoveries carry no serial (masked beside)."""
+        with self._queue.read() as conn:
+            rows = conn.execute(f"{_SELECT_PENDING} ORDER BY created_at").fetchall()
+        return [_pending(row, "") for row in rows]
 
-    @staticmethod
-    def _pending(row: tuple[str, str, float, str | None, str | None, int]) -> PendingDebit:
-        created = dt.datetime.fromtimestamp(row[2], dt.UTC)
-        return PendingDebit(row[0], _decode(row[1]), created, token=row[3], region=row[4], allowance=row[5])
+    def clear(self, serial: str | None = None, *, tap_id: str | None = None) -> None:
+        """Forget a pending debit whose record is already in the queue (a settlement seen twice)."""
+        with self._queue.transaction() as conn:
+            if serial is not None:
+                conn.execute("DELETE FROM pending_debits WHERE purse = ?", (self.purse(serial),))
+            if tap_id is not None:
+                conn.execute("DELETE FROM pending_debits WHERE tap_id = ?", (tap_id,))
 
-    def last_paid(self, token: str) -> dt.datetime | None:
-        with self._lock:
-            row = self._db.execute("SELECT at FROM last_paid WHERE token = ?", (token,)).fetchone()
+    def settle(self, settlement: Settlement) -> Callable[[sqlite3.Connection], None]:
+        """The statements that settle `settlement`, to run inside the record's transaction."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            if settlement.serial is not None:
+                conn.execute("DELETE FROM pending_debits WHERE purse = ?", (self.purse(settlement.serial),))
+            if settlement.mark is not None:
+                token, kind, at = settlement.mark
+                conn.execute(
+                    "INSERT OR REPLACE INTO recent_cards VALUES (?, ?, ?)", (token, kind.value, at.timestamp())
+                )
+                conn.execute("DELETE FROM recent_cards WHERE at < ?", ((at - settlement.keep).timestamp(),))
+
+        return run
+
+    def settle_tap(self, tap_id: str) -> Callable[[sqlite3.Connection], None]:
+        """The statement that settles the pending debit of `tap_id` (a card that never came back)."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM pending_debits WHERE tap_id = ?", (tap_id,))
+
+        return run
+
+    # -- recent cards ------------------------------------------------------------------------
+
+    def last(self, token: str, kind: CardMark) -> dt.datetime | None:
+        """When the card `token` was last marked `kind` here (within the kept window)."""
+        with self._queue.read() as conn:
+            row = conn.execute(
+                "SELECT at FROM recent_cards WHERE token = ? AND kind = ?", (token, kind.value)
+            ).fetchone()
         return None if row is None else dt.datetime.fromtimestamp(row[0], dt.UTC)
 
-    def recorded(
-        self, serial: str | None, paid: tuple[str, dt.datetime] | None, keep: dt.timedelta
-    ) -> None:
-        """A tap's record is in the queue: forget its debit, remember its paid ride, in one commit.
+    # -- upgrade -----------------------------------------------------------------------------
 
-        One transaction, so one sync, however much it settles; entries of `last_paid` older
-        than `keep` (the passback window) are pruned on the way.
+    def adopt(self, old: Path) -> int:
+        """Take over the pending debits of a journal file of an earlier version, then delete it.
+
+        Earlier versions kept the journal in a file of its own, with the serial in clear;
+        a debit pending there at the upgrade must not be forgotten. Returns how many moved.
         """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if serial is not None:
-                    self._db.execute("DELETE FROM pending_debits WHERE serial = ?", (serial,))
-                if paid is not None:
-                    token, at = paid
-                    self._db.execute("INSERT OR REPLACE INTO last_paid VALUES (?, ?)", (token, at.timestamp()))
-                    self._db.execute("DELETE FROM last_paid WHERE at < ?", ((at - keep).timestamp(),))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        if not old.exists():
+            return 0
+        source = sqlite3.connect(old)
+        try:
+            rows = source.execute(
+                "SELECT serial, tap_id, recovery, created_at, token, region, allowance FROM pending_debits"
+            ).fetchall()
+        except sqlite3.Error as error:
+            log.error("journal_old_file_unreadable", path=str(old), error=str(error))
+            return 0
+        finally:
+            source.close()
+        for serial, tap_id, recovery, created_at, token, region, allowance in rows:
+            fields = json.loads(recovery)
+            fields.pop("application_serial", None)
+            debit = PendingDebit(
+                tap_id,
+                _decode(json.dumps(fields), serial),
+                dt.datetime.fromtimestamp(created_at, dt.UTC),
+                token,
+                region,
+                allowance,
+            )
+            self.begin_debit(debit)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{old}{suffix}").unlink(missing_ok=True)
+        log.info("journal_old_file_adopted", pending=len(rows))
+        return len(rows)
+
+
+def _pending(row: _Row, serial: str) -> PendingDebit:
+    masked, tap_id, recovery, created_at, token, region, allowance = row
+    return PendingDebit(
+        tap_id,
+        _decode(recovery, serial),
+        dt.datetime.fromtimestamp(created_at, dt.UTC),
+        token=token,
+        region=region,
+        allowance=allowance,
+        serial_masked=masked,
+    )

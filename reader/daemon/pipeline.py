@@ -6,17 +6,24 @@ is the point of this module:
 
 1. before any money moves, the queue must be able to record the tap (else: out of service);
 2. the debit is journalled before DEBIT FOR PURCHASE is sent;
-3. the tap record is committed to the queue;
-4. only then does the person hear "accepted", and the journal entry is cleared.
+3. the tap record is committed to the queue, and the journal entry cleared, in one commit;
+4. only then does the person hear "accepted".
 
-A card pulled away during the debit leaves its journal entry; when the same card comes back
-within the tearing window, GET TRANSACTION PROOF settles it (debited: its record is written
-with the original tap id; not debited: the ride is charged now). Entries whose card never
-returned are recorded as unconfirmed by `settle_expired`, so no committed debit goes unrecorded.
+From the moment the debit is journalled until the card's answer to DEBIT is understood, any
+failure at all (the card pulled away, a timeout, a garbled answer, an unexpected status word,
+a bug of ours) leaves the tap pending: never recorded as denied, since the card may have
+paid. Only a refusal that proves the card did not debit (`protocols.status.DEBIT_REFUSALS`)
+closes it as not debited; a card refusing MAC1 (9302) is not genuine, and is refused at once
+for the passback window. When the same card comes back within the tearing window, GET
+TRANSACTION PROOF settles it (debited: its record is written with the original tap id; not
+debited: the ride is charged now). Entries whose card never returned are recorded as
+unconfirmed by `settle_expired`, so no committed debit goes unrecorded. Settlement is
+idempotent: a record already queued under the tap id means the debit is settled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -30,6 +37,7 @@ from protocols.exchange import Transmit, command, exchange
 from protocols.fci import parse_fci
 from protocols.purchase import (
     CappUpdate,
+    Declined,
     NotDebited,
     PurchaseFailure,
     PurchaseRequest,
@@ -39,30 +47,33 @@ from protocols.purchase import (
     purchase,
     recover,
 )
-from protocols.ssse_auth import SsseAuthenticationFailed
-from protocols.ssse_items import read_items
+from protocols.ssse_auth import PsamCannotAuthenticate, SsseAuthenticationFailed
+from protocols.ssse_items import SsseItems, read_items
 from protocols.status import (
     ApplicationBlocked,
     ApplicationLocked,
     CardStatusError,
     FileNotFound,
+    InsufficientBalance,
+    MacInvalid,
     raise_for_status,
 )
 from protocols.tunion import (
     PROCESS_RECORD_LAYOUT,
     SFI_PROCESS,
-    ProcessRecord,
     PublicInfo,
     read_record_sfi,
     select_tunion,
 )
+from protocols.tunion_process import build_process_record
 from protocols.tunion_read import public_info, read_balance
 from reader.backends.base import CardChannel, CardRemoved, ReaderError, TransmitTimeout
 from reader.backends.sam import SamSlot
-from reader.config import Config
+from reader.config import BusSettings, Config, ConfigError
+from reader.daemon.crashpoints import CrashPoint, crash_point, crash_points_armed
 from reader.daemon.events import CardRequests, EventHub
 from reader.daemon.feedback import Feedback, signal_for
-from reader.daemon.journal import Journal, PendingDebit
+from reader.daemon.journal import CardMark, Journal, PendingDebit, Settlement
 from reader.daemon.policy import (
     AgeBand,
     BusRules,
@@ -79,7 +90,7 @@ from reader.daemon.policy import (
 )
 from reader.daemon.record import Debit, TapIdGenerator, card_token, tap_record
 from reader.log import get_logger
-from reader.uplink.errors import OutOfServiceError
+from reader.uplink.errors import DuplicateTapError, OutOfServiceError
 from reader.uplink.hotlist import HotlistStore
 from reader.uplink.queue import TapQueue
 
@@ -87,6 +98,8 @@ TRANSPORT_ERRORS: tuple[type[Exception], ...] = (CardRemoved, TransmitTimeout)
 READ_ERRORS: tuple[type[Exception], ...] = (CardStatusError, ProtocolError)
 INDUSTRY_BUS = 0x02
 TRANSACTION_SINGLE_RIDE = 0x06
+INS_DEBIT = 0x54
+INS_VERIFY_MAC2 = 0x72
 
 log = get_logger(component="pipeline")
 
@@ -107,8 +120,9 @@ class TapOutcome:
     """A torn debit: journalled, not recorded yet (the card may come back)."""
     serial: str | None = None
     """The e-purse whose journalled debit this record settles."""
-    paid_at: dt.datetime | None = None
-    """When the card paid its ride (passback starts there), written with the record's settlement."""
+    mark: tuple[CardMark, dt.datetime] | None = None
+    """What to remember of the card for the passback window (paid, or not genuine), and when;
+    written in the record's commit."""
 
 
 @dataclass
@@ -159,6 +173,8 @@ class TapPipeline:
         self.services = services
         self.reader = reader
         self.transmit_timeout = transmit_timeout
+        self._in_flight = False
+        """Set once this tap's debit is journalled: from then on no failure may deny the tap."""
         profile = services.config.terminal.profile
         self._handle: Callable[[Transmit, str, dt.datetime], TapOutcome] = {
             "bus": self._bus,
@@ -183,18 +199,11 @@ class TapPipeline:
             def card(apdu: bytes) -> bytes:
                 return channel.transmit(apdu, self.transmit_timeout)
 
+            self._in_flight = False
             try:
-                outcome = self._handle(card, tap_id, now)
-            except TRANSPORT_ERRORS as error:
-                log.info("tap_card_lost", error=str(error))
-                outcome = _denied(Reason.CARD_REMOVED)
-            except READ_ERRORS as error:
-                log.warning("tap_card_unreadable", error=str(error))
-                outcome = _denied(Reason.CARD_READ_FAILED)
-            except ReaderError as error:
-                psam = services.psam.name if services.psam is not None else None
-                log.error("tap_reader_failed", failed=error.reader, error=str(error))
-                outcome = _denied(Reason.PSAM_UNAVAILABLE if error.reader == psam else Reason.CARD_READ_FAILED)
+                outcome = self._handle(_crash_after(card, INS_DEBIT, CrashPoint.DEBIT_ANSWERED), tap_id, now)
+            except Exception as error:  # noqa: BLE001 - after the journal, a failure of any kind is a torn debit
+                outcome = self._failed(error)
             log.info(
                 "tap_decided",
                 result=outcome.decision.outcome.value,
@@ -207,6 +216,30 @@ class TapPipeline:
             if not bound:
                 structlog.contextvars.unbind_contextvars("tap_id")
 
+    def _failed(self, error: Exception) -> TapOutcome:
+        """The outcome of a tap whose conversation raised `error`.
+
+        Once the debit is journalled the card may have paid, so the tap stays pending for
+        recovery whatever the error; before that, no money has moved and the tap is denied.
+        """
+        if self._in_flight:
+            log.error("tap_failed_after_journal", error_type=type(error).__name__, error=str(error))
+            return TapOutcome(Decision(Outcome.DENIED, Reason.CARD_REMOVED), pending=True)
+        if isinstance(error, TRANSPORT_ERRORS):
+            log.info("tap_card_lost", error=str(error))
+            return _denied(Reason.CARD_REMOVED)
+        if isinstance(error, READ_ERRORS):
+            log.warning("tap_card_unreadable", error=str(error))
+            return _denied(Reason.CARD_READ_FAILED)
+        if isinstance(error, ReaderError):
+            psam = self.services.psam.name if self.services.psam is not None else None
+            log.error("tap_reader_failed", failed=error.reader, error=str(error))
+            return _denied(Reason.PSAM_UNAVAILABLE if error.reader == psam else Reason.CARD_READ_FAILED)
+        if isinstance(error, OutOfServiceError):
+            log.error("tap_refused_out_of_service", reason=error.reason)
+            return _denied(Reason.OUT_OF_SERVICE)
+        raise error
+
     # ------------------------------------------------------------------ record and signal
 
     def _finish(self, outcome: TapOutcome, tap_id: str, now: dt.datetime) -> None:
@@ -218,14 +251,12 @@ class TapPipeline:
             return
         record = self._record(outcome, tap_id, now)
         try:
-            services.queue.enqueue(record)
+            self._commit(record, outcome)
         except OutOfServiceError as error:
             log.error("tap_not_recorded", reason=error.reason, result=decision.outcome.value)
             services.feedback.give(signal_for(Decision(Outcome.DENIED, Reason.OUT_OF_SERVICE)))
             return
-        if outcome.serial is not None or outcome.paid_at is not None:
-            paid = (outcome.token, outcome.paid_at) if outcome.token and outcome.paid_at else None
-            services.journal.recorded(outcome.serial, paid, self._passback_keep())
+        crash_point(CrashPoint.RECORD_COMMITTED)
         log.info(
             "tap_recorded",
             result=decision.outcome.value,
@@ -234,11 +265,31 @@ class TapPipeline:
             recorded_tap_id=record["tap_id"],
         )
         services.events.publish(record)
+        crash_point(CrashPoint.JOURNAL_CLEARED)
         balance_after = outcome.debit.balance_after if outcome.debit else None
+        if balance_after is None and decision.accepted:
+            balance_after = outcome.balance  # a free ride: what the purse still holds
         services.feedback.give(signal_for(decision, balance_after))
         if services.card_requests is not None:
             answer = {"tap_id": record["tap_id"], "result": record["result"], "reason": record["reason"]}
             services.card_requests.offer({**answer, **(outcome.holder or {})})
+
+    def _commit(self, record: dict[str, Any], outcome: TapOutcome) -> None:
+        """Queue the record and settle the journal in one commit; a record already queued is settled."""
+        journal = self.services.journal
+        mark = None
+        if outcome.token is not None and outcome.mark is not None:
+            mark = (outcome.token, *outcome.mark)
+        settlement = Settlement(outcome.serial, mark, self._passback_keep())
+        needs = outcome.serial is not None or mark is not None
+        try:
+            self.services.queue.enqueue(record, also=journal.settle(settlement) if needs else None)
+        except DuplicateTapError:
+            # Only a record committed without its settlement (a journal of an earlier version)
+            # gets here: the debit is recorded already, so the settlement is all that is left.
+            log.warning("tap_already_recorded", recorded_tap_id=record["tap_id"])
+            if outcome.serial is not None:
+                journal.clear(outcome.serial)
 
     def _record(self, outcome: TapOutcome, tap_id: str, now: dt.datetime) -> dict[str, Any]:
         return tap_record(
@@ -258,11 +309,24 @@ class TapPipeline:
     # ------------------------------------------------------------------ library and pharmacy
 
     def _holder(self, card: Transmit, now: dt.datetime, ef06: tuple[int, ...]) -> tuple[TapOutcome, dict[str, Any]]:
+
         services = self.services
         try:
             items = read_items(card, services.psam_transmit(), (0x01, 0x05, 0x06, 0x07), ef06, authenticate=True)
         except FileNotFound:
             return _denied(Reason.NOT_A_SOCIAL_SECURITY_CARD), {}
+        except PsamCannotAuthenticate as error:
+            # The terminal cannot prove the card genuine: refused, but the card is not blamed,
+            # and the record still names it by the EF05 items read before authentication.
+            log.warning(
+                "tap_psam_cannot_authenticate", step=error.step.value, command=error.command, sw=f"{error.sw:04X}"
+            )
+            known_id = error.readable.get("card_identification_code")
+            known_number = error.readable.get("card_number")
+            if not isinstance(known_id, bytes) or not isinstance(known_number, str):
+                return _denied(Reason.PSAM_CANNOT_AUTHENTICATE), {}
+            identity = {"token": services.token(known_number), "region": known_id[:3].hex().upper()}
+            return _denied(Reason.PSAM_CANNOT_AUTHENTICATE, **identity), {}
         except SsseAuthenticationFailed as error:
             log.warning("tap_card_not_genuine", step=error.step.value)
             return _denied(Reason.CARD_NOT_GENUINE), {}
@@ -335,10 +399,16 @@ class TapPipeline:
         if pending is not None and public is not None:
             recovered = self._recover(card, pending, public)
         ef06 = (0x0D,) if rules_config.bands and app_problem is None else ()
+
+        refused: PsamCannotAuthenticate | None = None
         try:
             items = read_items(card, services.psam_transmit(), (0x01, 0x07), ef06)
         except FileNotFound:
             return _denied(Reason.NOT_A_SOCIAL_SECURITY_CARD)
+        except PsamCannotAuthenticate as error:
+            # EF06 stays closed, so no birth date and no age band; the card is not at fault.
+            refused = error
+            items = SsseItems(dict(error.readable), authenticated=False)
         except SsseAuthenticationFailed as error:
             log.warning("tap_card_not_genuine", step=error.step.value)
             return _denied(Reason.CARD_NOT_GENUINE)
@@ -346,6 +416,20 @@ class TapPipeline:
         number = items.text("card_number")
         if not isinstance(card_id, bytes) or number is None:
             return _denied(Reason.CARD_READ_FAILED)
+        if refused is not None:
+            unreadable = rules_config.on_birth_date_unreadable
+            log.warning(
+                "tap_psam_cannot_authenticate",
+                step=refused.step.value,
+                command=refused.command,
+                sw=f"{refused.sw:04X}",
+                on_birth_date_unreadable=unreadable,
+            )
+            # A torn debit of this card is settled first whatever the setting: that ride was
+            # accepted when it was charged, and its record must not be lost to a refusal.
+            if unreadable == "refuse" and pending is None:
+                identity = {"token": services.token(number), "region": card_id[:3].hex().upper()}
+                return _denied(Reason.PSAM_CANNOT_AUTHENTICATE, **identity)
         region = card_id[:3].hex().upper()
         token = services.token(number)
         log.info(
@@ -358,7 +442,7 @@ class TapPipeline:
         if app_problem is not None or public is None:
             return _denied(app_problem or Reason.CARD_READ_FAILED, token=token, region=region)
         if pending is not None and recovered is not None:
-            settled = self._settled(recovered, pending, token, region, allowance)
+            settled = self._settled(recovered, pending, CardSeen(token, region, own, allowance))
             if settled is not None:
                 return settled
 
@@ -375,15 +459,16 @@ class TapPipeline:
             overdraft_limit=allowance,
             birth_date=_date(items.values.get("birth_date")),
             rides=rides,
-            last_paid=_local(services.journal.last_paid(token), now),
+            last_paid=_local(services.journal.last(token, CardMark.PAID), now),
+            last_refused=_local(services.journal.last(token, CardMark.NOT_GENUINE), now),
         )
         decision = decide_bus(tap, self._rules(), local)
-        fields: dict[str, Any] = {"token": token, "region": region, "balance": own}
+        seen = CardSeen(token, region, own, allowance)
         if not decision.accepted or decision.fare is None:
-            return TapOutcome(decision, **fields)
+            return seen.outcome(decision)
         if decision.fare.amount == 0:
-            return TapOutcome(decision, paid_at=now, **fields)
-        return self._charge(card, tap_id, now, public, decision, fields, allowance)
+            return dataclasses.replace(seen.outcome(decision), mark=(CardMark.PAID, now))
+        return self._charge(card, tap_id, now, public, decision, seen)
 
     def _rules(self) -> BusRules:
         bus = self.services.config.bus
@@ -415,113 +500,129 @@ class TapPipeline:
                 rides.append(Ride(record.time, record.line_station[:2].hex(), record.amount))
         return tuple(rides)
 
-    def _process_record(self, amount: int, balance_after: int, now: dt.datetime, public: PublicInfo) -> bytes:
+    def _bus_settings(self) -> BusSettings:
         bus = self.services.config.bus
-        assert bus is not None
-        terminal = self.services.config.terminal.id.encode()[-8:].rjust(8, b"\0")
-        return PROCESS_RECORD_LAYOUT.build(
-            ProcessRecord(
+        if bus is None:
+            raise ConfigError("a bus terminal needs a [bus] section")
+        return bus
+
+    def _process_record(self, public: PublicInfo, amount: int, now: dt.datetime) -> Callable[[int, bytes], CappUpdate]:
+        """The ride's 0x1E record, built once the card's balance after and the PSAM's number are known."""
+        bus = self._bus_settings()
+        city = bytes.fromhex(bus.city_code) if bus.city_code else public.issuer_id[2:4]
+
+        def build(balance_after: int, terminal_number: bytes) -> CappUpdate:
+            record = build_process_record(
                 transaction_type=TRANSACTION_SINGLE_RIDE,
-                terminal_id=terminal,
+                terminal_number=terminal_number,
                 industry=INDUSTRY_BUS,
-                line_station=bytes.fromhex(_line_code(bus.line)) + bytes(5),
+                line=bus.line,
+                station=bus.station,
+                operator_code=bus.operator_code,
                 amount=amount,
                 balance_after=balance_after,
                 time=now.replace(tzinfo=None),
-                city_code=public.issuer_id[2:4],
-                acquirer=public.issuer_id,
-                reserved=bytes(6),
+                city_code=city,
+                acquirer=bytes.fromhex(bus.acquirer),
             )
-        )
+            return CappUpdate(SFI_PROCESS, 0x00, record)
+
+        return build
 
     def _charge(
-        self,
-        card: Transmit,
-        tap_id: str,
-        now: dt.datetime,
-        public: PublicInfo,
-        decision: Decision,
-        fields: dict[str, Any],
-        allowance: int,
+        self, card: Transmit, tap_id: str, now: dt.datetime, public: PublicInfo, decision: Decision, seen: CardSeen
     ) -> TapOutcome:
         services = self.services
+        fare = decision.fare
+        assert fare is not None
         psam = services.psam_transmit()
-        bus = services.config.bus
-        assert decision.fare is not None and bus is not None
         if psam is None:
             log.error("tap_no_psam")
-            return TapOutcome(Decision(Outcome.DENIED, Reason.PURCHASE_FAILED, decision.fare), **fields)
-        amount = decision.fare.amount
-        record_1e = self._process_record(amount, fields["balance"] - amount, now, public)
+            return seen.outcome(Decision(Outcome.DENIED, Reason.PURCHASE_FAILED, fare))
         request = PurchaseRequest(
-            amount=amount,
+            amount=fare.amount,
             time=now.replace(tzinfo=None),
-            key_index=bus.psam_key_index,
-            updates=(CappUpdate(SFI_PROCESS, 0x00, record_1e),),
+            key_index=self._bus_settings().psam_key_index,
+            process_record=self._process_record(public, fare.amount, now),
         )
+
+        def journal(recovery: Recovery) -> None:
+            services.journal.begin_debit(PendingDebit(tap_id, recovery, now, seen.token, seen.region, seen.allowance))
+            self._in_flight = True
+            crash_point(CrashPoint.JOURNAL_WRITTEN)
+
         result = purchase(
             card,
-            psam,
+            _crash_after(psam, INS_VERIFY_MAC2, CrashPoint.MAC2_VERIFIED),
             request,
             public=public,
             transport_errors=TRANSPORT_ERRORS,
-            before_debit=lambda recovery: services.journal.begin_debit(
-                PendingDebit(tap_id, recovery, now, fields["token"], fields["region"], allowance)
-            ),
+            before_debit=journal,
         )
+        if isinstance(result, Declined):
+            return self._declined(result, fare, seen, now)
         if isinstance(result, PurchaseFailure):
             log.warning("tap_purchase_failed", step=result.step.value, error=str(result.cause))
             if result.may_be_debited:
-                return TapOutcome(Decision(Outcome.DENIED, Reason.CARD_REMOVED, decision.fare), pending=True)
-            services.journal.end_debit(public.application_serial)
+                return TapOutcome(Decision(Outcome.DENIED, Reason.CARD_REMOVED, fare), pending=True)
             reason = Reason.CARD_REMOVED if isinstance(result.cause, TRANSPORT_ERRORS) else Reason.PURCHASE_FAILED
-            return TapOutcome(Decision(Outcome.DENIED, reason, decision.fare), **fields)
-        return self._debited(
-            result, decision, fields, public.application_serial, recovered=False, allowance=allowance
-        )
+            return seen.outcome(Decision(Outcome.DENIED, reason, fare))
+        return self._debited(result, decision, seen, recovered=False)
+
+    def _declined(self, result: Declined, fare: Fare, seen: CardSeen, now: dt.datetime) -> TapOutcome:
+        """The card refused DEBIT before touching its purse: a definite "not debited"."""
+        refusal = result.cause
+        log.warning("tap_debit_refused", sw=f"{refusal.sw:04X}", meaning=refusal.meaning)
+        mark: tuple[CardMark, dt.datetime] | None = None
+        if isinstance(refusal, MacInvalid):
+            reason, mark = Reason.CARD_NOT_GENUINE, (CardMark.NOT_GENUINE, now)
+        elif isinstance(refusal, InsufficientBalance):
+            reason = Reason.INSUFFICIENT_BALANCE
+        else:
+            reason = Reason.PURCHASE_FAILED
+        outcome = seen.outcome(Decision(Outcome.DENIED, reason, fare))
+        return dataclasses.replace(outcome, serial=result.recovery.application_serial, mark=mark)
 
     def _debited(
         self,
         result: PurchaseResult,
         decision: Decision,
-        fields: dict[str, Any],
-        serial: str,
+        seen: CardSeen,
         *,
         recovered: bool,
-        allowance: int,
         tap_id: str | None = None,
         when: dt.datetime | None = None,
     ) -> TapOutcome:
-        """The record of a debit; the card counts its overdraft allowance in, the record does not."""
+        """The record of a debit; the card counts its overdraft allowance in, the record keeps it apart."""
         debit = Debit(
-            balance_before=result.balance_before - allowance,
-            balance_after=result.balance_after - allowance,
+            balance_before=result.balance_before - seen.allowance,
+            balance_after=result.balance_after - seen.allowance,
             atc=result.offline_atc,
             tac=result.tac.hex().upper(),
             psam_sequence=result.terminal_sequence,
             mac2_verified=result.mac2_verified,
             recovered=recovered,
+            overdraft_allowance=seen.allowance,
         )
-        unverified = not result.mac2_verified and not recovered
-        if unverified and not isinstance(result.mac2_error, TRANSPORT_ERRORS):
+        if result.mac2_rejected and not recovered:
             log.error("tap_mac2_invalid", error=str(result.mac2_error))
             decision = Decision(Outcome.DENIED, Reason.MAC2_INVALID, decision.fare)
-        else:
-            if unverified:
-                # The PSAM did not answer (pulled, timed out): the card has debited and its TAC
-                # stands, checked at clearing like every debit. Refusing the ride now would
-                # send the person to tap again and pay twice.
-                log.warning("tap_mac2_unverified", error=str(result.mac2_error))
-        paid_at = when or self.services.now() if decision.accepted else None
+        elif not result.mac2_verified:
+            # The PSAM did not answer, answered garbage, or (for a recovered debit) lost the
+            # purchase session to other taps meanwhile: the card has debited and its TAC
+            # stands, checked at clearing like every debit. Refusing the ride now would send
+            # the person to tap again and pay twice.
+            log.warning("tap_mac2_unverified", error=str(result.mac2_error), recovered=recovered)
+        paid_at = when or self.services.now()
         return TapOutcome(
             decision,
-            token=fields.get("token"),
-            region=fields.get("region"),
+            token=seen.token,
+            region=seen.region,
             debit=debit,
             record_tap_id=tap_id,
             record_time=when,
-            serial=serial,
-            paid_at=paid_at,
+            serial=result.application_serial,
+            mark=(CardMark.PAID, paid_at) if decision.accepted else None,
         )
 
     def _recover(
@@ -531,17 +632,10 @@ class TapPipeline:
         psam = self.services.psam_transmit()
         if psam is None:
             return PurchaseFailure(Step.PSAM_SELECT, RuntimeError("no PSAM configured"), pending.recovery)
-        return recover(
-            card, psam, pending.recovery, public=public, select_psam=False, transport_errors=TRANSPORT_ERRORS
-        )
+        return recover(card, psam, pending.recovery, public=public, select_psam=False)
 
     def _settled(
-        self,
-        result: PurchaseResult | NotDebited | PurchaseFailure,
-        pending: PendingDebit,
-        token: str,
-        region: str,
-        allowance: int,
+        self, result: PurchaseResult | NotDebited | PurchaseFailure, pending: PendingDebit, seen: CardSeen
     ) -> TapOutcome | None:
         """The outcome of a returning torn card: its debit's record, or None to charge afresh.
 
@@ -550,34 +644,49 @@ class TapPipeline:
         card's proof and TAC still stand, so the record says `mac2_verified: false` and the
         back office checks the TAC at clearing, as it does for every debit.
         """
-        services = self.services
         recovery = pending.recovery
         if isinstance(result, PurchaseFailure):
             log.warning("tap_recovery_failed", step=result.step.value, error=str(result.cause))
             return TapOutcome(Decision(Outcome.DENIED, Reason.CARD_REMOVED), pending=True)
         if isinstance(result, NotDebited):
             log.info("tap_torn_debit_not_committed", torn_tap_id=pending.tap_id)
-            services.journal.end_debit(recovery.application_serial)
-            self._record_torn_attempt(pending, token, region)
+            self._record_torn_attempt(pending, seen)
             return None
         log.info("tap_torn_debit_recovered", torn_tap_id=pending.tap_id, mac2_verified=result.mac2_verified)
         return self._debited(
             result,
             _fare_decision(recovery),
-            {"token": token, "region": region},
-            recovery.application_serial,
+            dataclasses.replace(seen, allowance=pending.allowance),
             recovered=True,
-            allowance=allowance,
             tap_id=pending.tap_id,
-            when=pending.created_at.astimezone(services.tz),
+            when=pending.created_at.astimezone(self.services.tz),
         )
 
-    def _record_torn_attempt(self, pending: PendingDebit, token: str, region: str) -> None:
+    def _record_torn_attempt(self, pending: PendingDebit, seen: CardSeen) -> None:
         """The torn tap never debited: it is recorded as a denied attempt under its own id."""
-        outcome = TapOutcome(Decision(Outcome.DENIED, Reason.CARD_REMOVED), token=token, region=region)
+        outcome = dataclasses.replace(
+            seen.outcome(Decision(Outcome.DENIED, Reason.CARD_REMOVED)),
+            balance=None,
+            serial=pending.recovery.application_serial,
+        )
         record = self._record(outcome, pending.tap_id, pending.created_at.astimezone(self.services.tz))
-        self.services.queue.enqueue(record)
+        self._commit(record, outcome)
         self.services.events.publish(record)
+
+
+@dataclass(frozen=True)
+class CardSeen:
+    """What a bus tap knows of the card once it is read: who, where from, and its purse."""
+
+    token: str
+    region: str
+    balance: int
+    """The purse's own money (GET BALANCE P1 02); below zero while the card uses its overdraft."""
+    allowance: int
+    """The overdraft allowance the card counts into the balance it answers INITIALIZE with."""
+
+    def outcome(self, decision: Decision) -> TapOutcome:
+        return TapOutcome(decision, token=self.token, region=self.region, balance=self.balance)
 
 
 def settle_expired(services: Services, window: dt.timedelta, reader: str) -> int:
@@ -606,19 +715,40 @@ def settle_expired(services: Services, window: dt.timedelta, reader: str) -> int
             extra={
                 "atc": recovery.offline_atc,
                 "psam_sequence": recovery.terminal_sequence,
-                "application_serial_masked": _mask_serial(recovery.application_serial),
+                "overdraft_allowance": pending.allowance,
+                "application_serial_masked": pending.serial_masked,
             },
         )
         try:
-            services.queue.enqueue(record)
+            services.queue.enqueue(record, also=services.journal.settle_tap(pending.tap_id))
+        except DuplicateTapError:
+            log.warning("tap_already_recorded", recorded_tap_id=pending.tap_id)
+            services.journal.clear(tap_id=pending.tap_id)
+            continue
         except OutOfServiceError as error:
             log.error("tap_torn_debit_not_recorded", torn_tap_id=pending.tap_id, reason=error.reason)
             break
-        services.journal.end_debit(recovery.application_serial)
         services.events.publish(record)
         log.warning("tap_torn_debit_unconfirmed", torn_tap_id=pending.tap_id)
         settled += 1
     return settled
+
+
+def _crash_after(transmit: Transmit, ins: int, point: CrashPoint) -> Transmit:
+    """`transmit`, with the crash point `point` right after each answer to INS `ins`.
+
+    Only a crash test arms crash points; otherwise `transmit` is returned as it is.
+    """
+    if not crash_points_armed():
+        return transmit
+
+    def wrapped(apdu: bytes) -> bytes:
+        answer = transmit(apdu)
+        if len(apdu) > 1 and apdu[1] == ins:
+            crash_point(point)
+        return answer
+
+    return wrapped
 
 
 def _line_code(line: str) -> str:
@@ -628,10 +758,6 @@ def _line_code(line: str) -> str:
 
 def _fare_decision(recovery: Recovery) -> Decision:
     return Decision(Outcome.ACCEPTED, Reason.OK, Fare(recovery.amount, recovery.amount, False, None))
-
-
-def _mask_serial(serial: str) -> str:
-    return "*" * (len(serial) - 4) + serial[-4:]
 
 
 def _date(value: object) -> dt.date | None:

@@ -49,6 +49,7 @@ class Reason(enum.StrEnum):
     MAC2_INVALID = "mac2_invalid"
     OUT_OF_SERVICE = "out_of_service"
     PSAM_UNAVAILABLE = "psam_unavailable"
+    PSAM_CANNOT_AUTHENTICATE = "psam_cannot_authenticate"
     DEBIT_UNCONFIRMED = "debit_unconfirmed"
 
 
@@ -179,6 +180,8 @@ class BusTap:
     birth_date: dt.date | None
     rides: tuple[Ride, ...]
     last_paid: dt.datetime | None
+    last_refused: dt.datetime | None = None
+    """When this terminal last found the card not genuine (its DEBIT refused MAC1)."""
 
 
 def _denied(reason: Reason) -> Decision:
@@ -186,9 +189,11 @@ def _denied(reason: Reason) -> Decision:
 
 
 def decide_bus(tap: BusTap, rules: BusRules, now: dt.datetime) -> Decision:
-    """Hotlist, region, validity, passback, fare with transfer and concession, then funds."""
+    """Hotlist, a clone seen within the passback window, region, validity, passback, fare, funds."""
     if tap.hotlisted:
         return _denied(Reason.HOTLISTED)
+    if within_passback(tap.last_refused, now, rules.passback):
+        return _denied(Reason.CARD_NOT_GENUINE)
     if not region_accepted(tap.region, rules.accepted_regions):
         return _denied(Reason.REGION_NOT_ACCEPTED)
     invalid = validity_reason(now.date(), tap.start, tap.expiry)

@@ -52,7 +52,12 @@ class TapIdGenerator:
 
 @dataclass(frozen=True)
 class Debit:
-    """The money side of an accepted bus tap: what the card and the PSAM said."""
+    """The money side of a debit: what the card and the PSAM said.
+
+    Balances are the purse's own money, which goes below zero when the card uses its
+    overdraft allowance; the allowance is kept apart, so own money plus allowance is what
+    the card itself counts.
+    """
 
     balance_before: int
     balance_after: int
@@ -61,6 +66,7 @@ class Debit:
     psam_sequence: int
     mac2_verified: bool
     recovered: bool = False
+    overdraft_allowance: int = 0
 
 
 def tap_record(
@@ -103,6 +109,7 @@ def tap_record(
         "psam_sequence": debit.psam_sequence if debit else None,
         "mac2_verified": debit.mac2_verified if debit else None,
         "recovered": debit.recovered if debit else None,
+        "overdraft_allowance": debit.overdraft_allowance if debit else None,
         "hotlist_version": hotlist_version,
     }
     if extra:

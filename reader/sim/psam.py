@@ -14,7 +14,9 @@ What it holds, and the commands it answers:
 - SSSE key application, selected by AID (D15600000590, `protocols.ssse_auth`): GET CHALLENGE,
   VERIFY CARD (80 F0: checks a card's INTERNAL AUTHENTICATE answer, 6300 if not genuine) and
   EXTERNAL CRYPTOGRAM (80 F2: the RKSSSE cryptogram for the card's challenge). These two
-  commands are this project's convention (see `protocols.ssse_auth`).
+  commands are this project's convention (see `protocols.ssse_auth`). A profile whose
+  `ssse_algorithms` is empty holds no SSSE keys and, like a PSAM of another scheme, does not
+  know these two commands at all: it answers 6D00 (profile `foreign-psam`).
 
 It holds master keys and diversifies per card, like a real PSAM; the cryptography is
 `reader.sim.crypto`. A real PSAM speaks T=0, where a command with data that returns data
@@ -128,6 +130,8 @@ class VirtualPsam(Chip):
             return self._mac1(command)
         if key == (0x80, 0x72):
             return self._verify_mac2(command)
+        if key in ((0x80, INS_VERIFY_CARD), (0x80, INS_EXTERNAL_CRYPTOGRAM)) and not self.profile.ssse_algorithms:
+            raise Refusal(0x6D00)
         if key == (0x80, INS_VERIFY_CARD):
             return self._verify_card(command)
         if key == (0x80, INS_EXTERNAL_CRYPTOGRAM):

@@ -27,6 +27,7 @@ from protocols.fci import Fci
 from protocols.tunion import (
     AID_TUNION_EP,
     BALANCE_LAYOUT,
+    CAPP_DATA_LENGTH,
     CAPP_RECORD_LAYOUT,
     DEBIT_ANSWER_LAYOUT,
     DEBIT_REQUEST_LAYOUT,
@@ -71,8 +72,8 @@ MAX_ATC = 0xFFFF
 def blank_capp_record(record_id: int) -> bytes:
     """A 0x1A record as personalisation allocates it: its id, zeros, a valid CRC."""
     blank = CappRecord(
-        record_id=record_id,
-        record_length=CAPP_RECORD_SIZE,
+        record_id=0x2700 | record_id,
+        record_length=CAPP_DATA_LENGTH,
         un_flag=0,
         locked=0,
         body=bytes(CAPP_RECORD_LAYOUT.span("body").size),

@@ -8,7 +8,14 @@ Request: `{"taps": [record, ...]}` in queue order, with
   terminal's key (read from a file).
 
 Answers:
-- 2xx: delivered, the rows are deleted.
+- 200 with a JSON body `{"accepted": [tap_id, ...]}` naming every tap of the batch (in any
+  order; taps the back office already had count as accepted): delivered, the rows are
+  deleted. Naming only some of them acknowledges those: their rows are deleted, the
+  others stay queued and are retried after a backoff.
+- any other 2xx answer is no acknowledgement: an empty body, an HTML page (a captive
+  portal, a misconfigured proxy), JSON without the list, a list naming none of the batch
+  or naming a tap that is not in it (the answer is for some other request, so none of it
+  is trusted). The batch stays queued and is retried after a backoff.
 - 408, 409, 429, 5xx, no answer (timeout, reset, TLS failure): retried after a backoff with
   jitter, or after Retry-After on 429/503.
 - any other 4xx: refused for good. A refused batch is halved until the refused tap is
@@ -21,6 +28,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import json
 import random
 import sqlite3
 import time
@@ -44,17 +52,48 @@ class Verdict(enum.Enum):
     """What one POST came to."""
 
     DELIVERED = "delivered"
+    PARTIAL = "partial"
     RETRY = "retry"
     REFUSED = "refused"
 
 
 @dataclass(frozen=True)
 class PostOutcome:
-    """The verdict with its detail (status line or transport error) and any Retry-After delay."""
+    """The verdict with its detail (status line or transport error) and any Retry-After delay.
+
+    `accepted` holds the tap ids the back office named: all of the batch's for DELIVERED,
+    some for PARTIAL, none otherwise.
+    """
 
     verdict: Verdict
     detail: str
     retry_after_s: float | None = None
+    accepted: frozenset[str] = frozenset()
+
+
+class AckError(ValueError):
+    """A 2xx answer that does not say which taps the back office accepted."""
+
+
+def accepted_ids(body: bytes, batch_ids: frozenset[str]) -> frozenset[str]:
+    """The tap ids a 2xx answer acknowledges, all of them within `batch_ids`.
+
+    Raises AckError for an answer that is not `{"accepted": [tap_id, ...]}` or that names a
+    tap outside the batch: such an answer belongs to no request of ours (a proxy, a
+    mixed-up response) and acknowledges nothing.
+    """
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AckError(f"answer is not JSON ({len(body)} bytes)") from exc
+    named = document.get("accepted") if isinstance(document, dict) else None
+    if not isinstance(named, list) or not all(isinstance(tap_id, str) for tap_id in named):
+        raise AckError('answer has no "accepted" list of tap ids')
+    ids = frozenset(named)
+    strangers = ids - batch_ids
+    if strangers:
+        raise AckError(f"answer names {len(strangers)} tap(s) not in the batch")
+    return ids
 
 
 def idempotency_key(taps: list[QueuedTap]) -> str:
@@ -151,6 +190,11 @@ class HttpUplink(UplinkWorker):
             self._note_delivered(acked)
             self._log.debug("batch_delivered", taps=len(taps), first=taps[0].tap_id, last=taps[-1].tap_id)
             return limit
+        if outcome.verdict is Verdict.PARTIAL:
+            # Only what the back office named leaves the queue; the rest waits like any failure.
+            acked = self._queue.ack(tap.seq for tap in taps if tap.tap_id in outcome.accepted)
+            self._note_delivered(acked)
+            seqs = [tap.seq for tap in taps if tap.tap_id not in outcome.accepted]
         if outcome.verdict is Verdict.REFUSED:
             if len(taps) > 1:
                 # Halve until the refused tap is alone; the rest of the batch still goes through.
@@ -163,7 +207,7 @@ class HttpUplink(UplinkWorker):
             return self._settings.batch_size
         delay = outcome.retry_after_s if outcome.retry_after_s is not None else self._backoff.next_delay()
         self._note_error(outcome.detail)
-        self._log.warning("batch_retry", taps=len(taps), detail=outcome.detail, delay_s=round(delay, 3))
+        self._log.warning("batch_retry", taps=len(seqs), detail=outcome.detail, delay_s=round(delay, 3))
         self._queue.record_failure(seqs, outcome.detail)
         self._sleep(delay)
         return limit
@@ -181,7 +225,7 @@ class HttpUplink(UplinkWorker):
         status = response.status_code
         detail = f"{status} {response.reason_phrase}".strip()
         if 200 <= status < 300:
-            return PostOutcome(Verdict.DELIVERED, detail)
+            return self._acknowledgement(taps, response.content, detail)
         if 400 <= status < 500 and status not in _RETRYABLE_4XX:
             snippet = response.text[:200].strip()
             return PostOutcome(Verdict.REFUSED, f"{detail}: {snippet}" if snippet else detail)
@@ -191,3 +235,18 @@ class HttpUplink(UplinkWorker):
                 response.headers.get("Retry-After"), time.time(), self._settings.retry_after_max_s
             )
         return PostOutcome(Verdict.RETRY, detail, retry_after)
+
+    @staticmethod
+    def _acknowledgement(taps: list[QueuedTap], body: bytes, detail: str) -> PostOutcome:
+        """Classify a 2xx answer by the taps it names; a 2xx alone acknowledges nothing."""
+        batch_ids = frozenset(tap.tap_id for tap in taps)
+        try:
+            accepted = accepted_ids(body, batch_ids)
+        except AckError as exc:
+            return PostOutcome(Verdict.RETRY, f"{detail}: no acknowledgement: {exc}")
+        if accepted == batch_ids:
+            return PostOutcome(Verdict.DELIVERED, detail, accepted=accepted)
+        if not accepted:
+            return PostOutcome(Verdict.RETRY, f"{detail}: no acknowledgement: no tap of the batch named")
+        missing = len(batch_ids) - len(accepted)
+        return PostOutcome(Verdict.PARTIAL, f"{detail}: {missing} tap(s) not acknowledged", accepted=accepted)

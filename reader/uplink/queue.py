@@ -381,12 +381,16 @@ class TapQueue:
 
     # -- the tap pipeline's side ---------------------------------------------------------
 
-    def enqueue(self, record: Mapping[str, Any]) -> int:
+    def enqueue(
+        self, record: Mapping[str, Any], *, also: Callable[[sqlite3.Connection], None] | None = None
+    ) -> int:
         """Record one tap durably and return its queue sequence number.
 
         Returns only after COMMIT. Raises an OutOfServiceError subclass when the tap cannot
         be recorded (queue bound reached, disk full, storage failure): the caller must then
         refuse the tap. Raises DuplicateTapError when the terminal reused a tap id.
+        `also` runs in the same transaction: the daemon's journal settles the tap's debit
+        there, so the record and the settlement are one commit, never one without the other.
         """
         terminal_id, tap_id, body = _encode(record)
         size = len(body.encode("utf-8"))
@@ -400,6 +404,8 @@ class TapQueue:
                         "INSERT INTO taps (terminal_id, tap_id, body, size, enqueued_at) VALUES (?, ?, ?, ?, ?)",
                         (terminal_id, tap_id, body, size, self._clock()),
                     )
+                    if also is not None:
+                        also(conn)
             except sqlite3.IntegrityError as exc:
                 raise DuplicateTapError(terminal_id, tap_id) from exc
             except sqlite3.Error as exc:
@@ -412,6 +418,29 @@ class TapQueue:
         self._leave_out_of_service()
         self._new_taps.set()
         return seq
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this database, committed at synchronous=FULL.
+
+        For the daemon's journal, which lives in the same file so that a tap's record and the
+        settlement of its debit commit together. Storage failures raise the same
+        OutOfServiceError subclasses as `enqueue` (and put the queue out of service).
+        """
+        try:
+            self._check_free_space()
+            try:
+                with self._using("FULL") as conn, self._write_txn(conn):
+                    yield conn
+            except sqlite3.Error as exc:
+                raise self._storage_error(exc) from exc
+        except OutOfServiceError as exc:
+            self._enter_out_of_service(exc)
+            raise
+
+    def read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """This thread's connection for reads (the journal's lookups)."""
+        return self._using()
 
     def check_accepting(self) -> None:
         """Raise the OutOfServiceError that would refuse the next tap, without writing anything.
@@ -632,7 +661,16 @@ class TapQueue:
             after = rows[-1][0]
 
     def status(self) -> QueueStatus:
-        """Depth, age of the oldest tap, deliveries, errors, poison, and incidents."""
+        """Depth, age of the oldest tap, deliveries, errors, poison, and incidents.
+
+        Raises QueueStorageError when the file cannot be read (the main loop keeps going).
+        """
+        try:
+            return self._status()
+        except sqlite3.Error as exc:
+            raise QueueStorageError(f"cannot read the queue's status: {exc}") from exc
+
+    def _status(self) -> QueueStatus:
         with self._using() as conn:
             conn.execute("BEGIN")
             try:

@@ -69,6 +69,7 @@ RECORD_FIELDS = {
     "psam_sequence",
     "mac2_verified",
     "recovered",
+    "overdraft_allowance",
     "hotlist_version",
 }
 """Every field of a tap record (an unconfirmed debit adds the masked application serial)."""

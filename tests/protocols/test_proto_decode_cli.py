@@ -35,7 +35,19 @@ def test_transaction_record_example(capsys: pytest.CaptureFixture[str]) -> None:
         "transaction_type": 9,
         "terminal_id": "300089000340",
         "time": "2024-12-29T14:17:40",
+        "time_raw": None,
+        "terminal_digits": "300089000340",
     }
+
+
+def test_dirty_transaction_record_decodes_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    """A 0x18 record whose time is not BCD: status 0, its fields, its raw time and the reason."""
+    status, out, err = run(capsys, "tunion-18", "042d000000000001f4093000890003402024122914174A 9000")
+    assert (status, err) == (0, "")
+    data = json.loads(out)["data"]
+    assert (data["atc"], data["amount"], data["time"], data["time_raw"]) == (0x042D, 500, None, "2024122914174A")
+    assert data["unreadable"]["time"]["offset"] == 16
+    assert "nibble A" in data["unreadable"]["time"]["reason"]
 
 
 def test_process_record_example(capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,7 +92,11 @@ def test_personal_fields_masked_unless_revealed(capsys: pytest.CaptureFixture[st
         ("balance", "000", "hex input: field HEX at byte 1"),
         ("tunion-18", RECORD_18[:30], "T-Union 0x18: field terminal_id at byte 10"),
         ("ef05-record", "0812" + "31" * 18, "EF05 record: field tag at byte 0"),
-        ("tunion-18", "042d000000000001f4093000890003402024122914174A", "T-Union 0x18: field time at byte 16"),
+        (
+            "tunion-15",
+            "02002900FFFFFFFF030131040000123456789012 2020A101 20301231 0000 9000",
+            "T-Union 0x15: field start_date at byte 20",
+        ),
         ("ef06-record", "091E" + "FF" + "00" * 29, "EF06 record: field name at byte 2"),
         ("fci", "6F03840301", "FCI: field 84 at byte 5"),
         ("nonsense", "00", "unknown kind"),

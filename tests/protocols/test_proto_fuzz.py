@@ -149,7 +149,12 @@ def _decode_some_kind(raw: bytes) -> None:
 
 PARSERS: list[Parser] = [
     *(Parser(layout.name, layout.parse, layout.build, valid_layout(layout)) for layout in LAYOUTS),
-    Parser("T-Union 0x1A with CRC", tu.parse_capp_record, tu.CAPP_RECORD_LAYOUT.build, _capp_valid()),
+    Parser(
+        "T-Union 0x1A with CRC",
+        lambda d: tu.parse_capp_record(d, verify_crc=True),
+        tu.CAPP_RECORD_LAYOUT.build,
+        _capp_valid(),
+    ),
     Parser(
         "EF05 record", lambda d: ssse.parse_item_record(d, ssse.EF05), ssse.build_item_record, valid_item(ssse.EF05)
     ),

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from protocols import InsufficientBalance, MacInvalid, MacTacUnavailable
 from protocols import tunion as tu
 from protocols.image import Exchange, Recorder, replay
 from protocols.purchase import (
     CappUpdate,
+    Declined,
     DifferentCard,
     NotDebited,
     PurchaseFailure,
@@ -25,7 +28,9 @@ TERMINAL = "112233445566"
 INIT_ANSWER = "0000271000050000000102A1B2C3D4"
 MAC1_INPUT = "A1B2C3D40005000000C809202503040830150102000012345678901202002900FFFFFFFF"
 PROCESS = bytes(range(48)).hex().upper()
-CAPP = tu.CAPP_RECORD_LAYOUT.build(tu.CappRecord(0x0101, 0x80, 0, 0, bytes(118), 0).sealed()).hex().upper()
+CAPP = (
+    tu.CAPP_RECORD_LAYOUT.build(tu.CappRecord(0x2701, tu.CAPP_DATA_LENGTH, 0, 0, bytes(119), 0).sealed()).hex().upper()
+)
 
 
 def card_pairs(debit_answer: str = "AAAAAAAABBBBBBBB9000") -> list[tuple[str, str]]:
@@ -86,12 +91,65 @@ def test_insufficient_balance_stops_at_initialize() -> None:
     assert not outcome.may_be_debited
 
 
-def test_debit_refused_carries_recovery() -> None:
+def test_debit_refused_mac1_is_declined_not_torn() -> None:
+    """9302 to DEBIT: the card checked MAC1 and refused before touching its purse."""
     outcome = purchase(replay(dump(*card_pairs("9302"))), replay(dump(*psam_pairs())), REQUEST)
-    assert isinstance(outcome, PurchaseFailure)
-    assert outcome.step is Step.DEBIT
+    assert isinstance(outcome, Declined)
     assert isinstance(outcome.cause, MacInvalid)
-    assert outcome.recovery is not None and outcome.recovery.proof_atc == 6
+    assert outcome.recovery.proof_atc == 6
+
+
+@pytest.mark.parametrize("answer", ["6581", "6F00", "6310", "AAAAAAAA9000", "90", "AAAAAAAABBBBBBBBCC9000"])
+def test_any_other_debit_answer_may_be_debited(answer: str) -> None:
+    """Memory failure, no diagnosis, a warning, a short, a status-only or an over-long answer."""
+    outcome = purchase(replay(dump(*card_pairs(answer))), replay(dump(*psam_pairs())), REQUEST)
+    assert isinstance(outcome, PurchaseFailure) and outcome.step is Step.DEBIT
+    assert outcome.may_be_debited and outcome.recovery is not None
+
+
+def test_a_bug_after_the_journal_still_means_may_be_debited() -> None:
+    answers = replay(dump(*card_pairs()))
+
+    def broken(apdu: bytes) -> bytes:
+        if apdu[:2] == bytes.fromhex("8054"):
+            raise RuntimeError("a bug of the reader layer")
+        return answers(apdu)
+
+    outcome = purchase(broken, replay(dump(*psam_pairs())), REQUEST)
+    assert isinstance(outcome, PurchaseFailure) and outcome.may_be_debited
+
+
+def test_mac2_unanswered_is_still_a_debit() -> None:
+    """The card has debited whatever the PSAM does; a garbled PSAM answer is not a rejection."""
+    psam = replay(dump(*psam_pairs()))
+
+    def garbled(apdu: bytes) -> bytes:
+        if apdu[:2] == bytes.fromhex("8072"):
+            raise RuntimeError("one-byte answer")
+        return psam(apdu)
+
+    outcome = purchase(replay(dump(*card_pairs())), garbled, REQUEST)
+    assert isinstance(outcome, PurchaseResult)
+    assert not outcome.mac2_verified and not outcome.mac2_rejected
+
+
+def test_process_record_is_built_from_the_cards_own_balance() -> None:
+    """INIT_ANSWER's balance is 0x2710 = 10000 fen (overdraft included): 10000 - 200 after."""
+    seen: list[tuple[int, bytes]] = []
+
+    def process_record(balance_after: int, terminal: bytes) -> CappUpdate:
+        seen.append((balance_after, terminal))
+        return CappUpdate(0x1E, 0x00, bytes.fromhex(PROCESS))
+
+    request = PurchaseRequest(
+        amount=200,
+        time=TIME,
+        updates=(CappUpdate(0x1A, 0x01, bytes.fromhex(CAPP)),),
+        process_record=process_record,
+    )
+    outcome = purchase(replay(dump(*card_pairs())), replay(dump(*psam_pairs())), request)
+    assert isinstance(outcome, PurchaseResult), outcome
+    assert seen == [(9800, bytes.fromhex(TERMINAL))]
 
 
 class LinkLost(Exception):
@@ -122,7 +180,7 @@ def test_torn_debit_then_recovery_with_proof() -> None:
 
 
 def test_recovery_when_debit_never_committed() -> None:
-    failure = purchase(replay(dump(*card_pairs("9302"))), replay(dump(*psam_pairs())), REQUEST)
+    failure = purchase(replay(dump(*card_pairs("6F00"))), replay(dump(*psam_pairs())), REQUEST)
     assert isinstance(failure, PurchaseFailure) and failure.recovery is not None
     card_again = replay(dump(("00A4040008A00000063201010500", TUNION_FCI + "9000"), ("805A000902000608", "9406")))
     settled = recover(card_again, replay(dump()), failure.recovery)
@@ -131,7 +189,7 @@ def test_recovery_when_debit_never_committed() -> None:
 
 
 def test_recovery_refuses_another_card() -> None:
-    failure = purchase(replay(dump(*card_pairs("9302"))), replay(dump(*psam_pairs())), REQUEST)
+    failure = purchase(replay(dump(*card_pairs("6F00"))), replay(dump(*psam_pairs())), REQUEST)
     assert isinstance(failure, PurchaseFailure) and failure.recovery is not None
     other = tu.PUBLIC_INFO_LAYOUT.parse(bytes.fromhex(PUBLIC_15.replace("789012", "789013")))
     sent: list[Exchange] = []

@@ -64,15 +64,19 @@ def test_holder_info_gbk_round_trip() -> None:
 
 
 def test_capp_record_crc() -> None:
-    record = tu.CappRecord(0x0101, 0x0080, 0, 0, bytes(range(118)), 0).sealed()
+    record = tu.CappRecord(0x2701, tu.CAPP_DATA_LENGTH, 0, 0, bytes(range(119)), 0).sealed()
     raw = tu.CAPP_RECORD_LAYOUT.build(record)
     assert len(raw) == 128
-    assert tu.parse_capp_record(raw) == record
+    assert raw[:3] == bytes.fromhex("27017D")
+    # Shanghai's CRC32 covers bytes 6..123 only (SHM Get_CRC32(&data[6], 118)): byte 5 is outside.
+    assert tu.parse_capp_record(raw, verify_crc=True) == record
+    outside = raw[:5] + bytes([raw[5] ^ 1]) + raw[6:]
+    assert tu.parse_capp_record(outside, verify_crc=True).crc_ok
     broken = raw[:50] + bytes([raw[50] ^ 1]) + raw[51:]
     with pytest.raises(BadChecksum) as info:
-        tu.parse_capp_record(broken)
+        tu.parse_capp_record(broken, verify_crc=True)
     assert (info.value.field, info.value.offset) == ("crc32", 124)
-    assert not tu.parse_capp_record(broken, verify_crc=False).crc_ok
+    assert tu.parse_capp_record(broken).shanghai_crc == "absent"
 
 
 def test_purchase_structures_round_trip() -> None:
@@ -123,12 +127,21 @@ def test_errors_name_field_and_offset() -> None:
     with pytest.raises(TrailingData) as extended:
         tu.TRANSACTION_RECORD_LAYOUT.parse(raw + b"\x00")
     assert extended.value.offset == 23
-    with pytest.raises(BadEncoding) as nibble:
-        tu.TRANSACTION_RECORD_LAYOUT.parse(raw[:16] + b"\x2a" + raw[17:])
-    assert (nibble.value.field, nibble.value.offset) == ("time", 16)
-    with pytest.raises(BadValue) as month:
-        tu.TRANSACTION_RECORD_LAYOUT.parse(raw[:18] + b"\x13" + raw[19:])
-    assert month.value.field == "time"
+    # A log record's time is lenient (real cards): unknown, not an error; the reason is kept.
+    nibble = tu.TRANSACTION_RECORD_LAYOUT.parse(raw[:16] + b"\x2a" + raw[17:])
+    assert nibble.time is None and nibble.time_raw == b"\x2a" + raw[17:]
+    [problem] = tu.TRANSACTION_RECORD_LAYOUT.problems(nibble)
+    assert (problem.field, problem.offset) == ("time", 16) and "not BCD" in problem.reason
+    month = tu.TRANSACTION_RECORD_LAYOUT.parse(raw[:18] + b"\x13" + raw[19:])
+    assert month.time is None and "month" in tu.TRANSACTION_RECORD_LAYOUT.problems(month)[0].reason
+    # Strict structures keep failing on a bad date, naming field and offset.
+    public = bytes.fromhex("02002900FFFFFFFF03013104000012345678901220200101203012310000")
+    with pytest.raises(BadEncoding) as date_nibble:
+        tu.PUBLIC_INFO_LAYOUT.parse(public[:20] + b"\x2a" + public[21:])
+    assert (date_nibble.value.field, date_nibble.value.offset) == ("start_date", 20)
+    with pytest.raises(BadValue) as date_month:
+        tu.PUBLIC_INFO_LAYOUT.parse(public[:22] + b"\x13" + public[23:])
+    assert date_month.value.field == "start_date"
     with pytest.raises(CannotBuild) as build:
         tu.BALANCE_LAYOUT.build(tu.Balance(-1))
     assert build.value.field == "raw"

@@ -115,7 +115,7 @@ def test_readers_opens_configured_nfc_and_serial_devices(
 def test_readers_with_a_broken_configuration_exits_2(config: Callable[[str], Path], sscard: Sscard) -> None:
     result = sscard("readers", "--config", str(config('[readers.pcsc]\ncontactless = "("\n')))
     assert result.returncode == 2
-    assert "not a regular expression" in result.stdout
+    assert "not a regular expression" in result.stderr
 
 
 @pytest.fixture

@@ -316,11 +316,9 @@ def test_sigterm_during_a_debit_finishes_and_records_it(terminal: Terminal, tmp_
     assert (tap["balance_before"], tap["balance_after"]) == (5000, 4800)
     assert tap["mac2_verified"] is True and tap["tac"]
     assert card.card.memory.balance == 4800, "the card was debited once"
-    journal = Journal(terminal.state / "journal.sqlite3")
-    try:
+    with TapQueue(QueueSettings(path=terminal.state / "queue.sqlite3")) as queue:
+        journal = Journal(queue, terminal.token_key)
         assert journal.all_pending() == [], "no debit is left half-way in the journal"
-    finally:
-        journal.close()
     assert "Traceback" not in terminal.log.read_text(encoding="utf-8")
 
 

@@ -23,6 +23,7 @@ from protocols.ssse_auth import authenticate
 from protocols.status import InsufficientBalance
 from protocols.tunion import (
     AID_TUNION_EP,
+    CAPP_DATA_LENGTH,
     CAPP_RECORD_LAYOUT,
     PROCESS_RECORD_LAYOUT,
     SFI_CAPP,
@@ -69,7 +70,9 @@ def send(card: VirtualCard | VirtualPsam, apdu: CommandApdu | str) -> tuple[byte
 
 def capp_updates(marker: int) -> tuple[CappUpdate, ...]:
     body = bytes([marker]) * CAPP_RECORD_LAYOUT.span("body").size
-    record = CappRecord(record_id=1, record_length=128, un_flag=0, locked=0, body=body, crc32=0).sealed()
+    record = CappRecord(
+        record_id=0x2701, record_length=CAPP_DATA_LENGTH, un_flag=0, locked=0, body=body, crc32=0
+    ).sealed()
     process = ProcessRecord(
         transaction_type=0x03,
         terminal_id=bytes.fromhex("0000510100000001"),

@@ -7,7 +7,9 @@
     server.taps                           # {(terminal_id, tap_id): record}, one per tap
     server.stop()
 
-Each queued Fault is used by one POST, in order; with none queued a batch is accepted.
+Each queued Fault is used by one POST, in order; with none queued a batch is accepted and
+the answer names what was accepted, `{"accepted": [tap_id, ...], "new": n}`: every tap of
+the batch, those it already had included (a resent batch is acknowledged again).
 The server also checks what a real ingest would: an Idempotency-Key (a structured-header
 string) on every batch and never reused for a different body (422), an HMAC signature when
 given a key (401), and taps it is told to refuse (`refuse=` predicate, 422). It serves a
@@ -41,6 +43,12 @@ class Fault:
     status: answer this status instead of 200; record: store the taps anyway (the answer is
     lost, not the work); delay_s: wait before answering; reset: "before" resets the
     connection without storing, "after" stores then resets.
+
+    What a captive portal or a broken proxy does: body: answer these bytes (with
+    `content_type`, status 200 unless `status` says otherwise) and store nothing.
+    What a back office that takes part of a batch does: accept: given the batch's tap ids,
+    the ids the answer names; the named ids that are in the batch are stored, the others
+    are named anyway (a wrong answer), the rest of the batch is not stored.
     """
 
     status: int | None = None
@@ -48,6 +56,9 @@ class Fault:
     record: bool = False
     delay_s: float = 0.0
     reset: Literal["before", "after"] | None = None
+    body: bytes | None = None
+    content_type: str = "application/json"
+    accept: Callable[[list[str]], list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -251,11 +262,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.to_reset.add(id(self.connection))
 
     def _answer(self, status: int, payload: Record | None = None, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(payload or {}).encode()
+        self._answer_raw(status, json.dumps(payload or {}).encode(), "application/json", headers)
+
+    def _answer_raw(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -337,6 +350,17 @@ class _Handler(BaseHTTPRequestHandler):
             log(None, len(taps))
             self._reset()
             return
+        if fault is not None and fault.body is not None:
+            status = fault.status if fault.status is not None else 200
+            log(status, len(taps))
+            self._answer_raw(status, fault.body, fault.content_type, fault.headers)
+            return
+        if fault is not None and fault.accept is not None:
+            named = fault.accept([str(t["tap_id"]) for t in taps])
+            fresh = owner._store([t for t in taps if str(t["tap_id"]) in set(named)])
+            log(200, len(taps))
+            self._answer(200, {"accepted": named, "new": fresh})
+            return
         if fault is not None and fault.status is not None:
             if fault.record:
                 owner._store(taps)
@@ -349,7 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.delay_s:
             time.sleep(fault.delay_s)
         log(200, len(taps))
-        self._answer(200, {"accepted": len(taps), "new": fresh})
+        self._answer(200, {"accepted": [str(t["tap_id"]) for t in taps], "new": fresh})
 
 
 def _server_context(tls: ServerTls) -> ssl.SSLContext:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reader.uplink.http_uplink import HttpUplink, idempotency_key
+from reader.uplink.http_uplink import HttpUplink, Verdict, idempotency_key
 from reader.uplink.queue import TapQueue
 from reader.uplink.settings import HttpUplinkSettings, TlsSettings
 from tests.support.backoffice import BackOfficeServer, Fault, ServerTls
@@ -224,3 +224,105 @@ def test_idempotency_key_depends_only_on_the_rows(queue: TapQueue) -> None:
     assert idempotency_key(taps) == idempotency_key(queue.batch(4))
     assert idempotency_key(taps[:3]) != idempotency_key(taps)
     assert len(idempotency_key(taps)) == 32
+
+
+# -- a delivery is what the back office names as accepted -------------------------------
+
+SLOW_RETRY = {"backoff": {"initial_s": 1.5, "max_s": 1.5}}  # 0.75-1.5 s: time to look at the queue
+
+
+def queued_ids(queue: TapQueue) -> list[str]:
+    return [tap.tap_id for tap in queue.iter_taps()]
+
+
+def first_retry(queue: TapQueue) -> bool:
+    """True once the first failed delivery is recorded (before the retry, given SLOW_RETRY)."""
+    return wait_until(lambda: queue.status().errors_total >= 1, 10)
+
+
+CAPTIVE_PORTAL = b"<!DOCTYPE html><html><head><title>Log in</title></head><body>Wi-Fi login</body></html>"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(Fault(body=b""), id="empty-body"),
+        pytest.param(Fault(body=CAPTIVE_PORTAL, content_type="text/html"), id="html-page"),
+        pytest.param(Fault(body=b'{"status": "ok"}'), id="json-naming-nothing"),
+        pytest.param(Fault(body=b'{"accepted": 10}'), id="json-count-only"),
+        pytest.param(Fault(accept=lambda ids: [*ids[:-1], "0000-9999999999"]), id="json-naming-wrong-taps"),
+        pytest.param(Fault(accept=lambda ids: []), id="json-naming-none"),
+        pytest.param(Fault(body=b"", status=204), id="204-no-content"),
+    ],
+)
+def test_a_2xx_that_does_not_name_the_batch_is_a_failed_delivery(
+    queue: TapQueue, backoffice: BackOfficeServer, uplinks: list[HttpUplink], fault: Fault
+) -> None:
+    backoffice.misbehave(fault)
+    ids = fill(queue, 10)
+    uplink = run(uplinks, queue, settings_for(backoffice.url, **SLOW_RETRY))
+    assert first_retry(queue)
+    assert queued_ids(queue) == ids  # nothing deleted on an answer that acknowledges nothing
+    assert uplink.stats().delivered == 0
+    assert backoffice.wait_for(10, 10)  # retried, then acknowledged properly
+    assert wait_until(lambda: drained(queue), 5)
+    first, second = backoffice.requests[:2]
+    assert (first.taps, second.taps) == (10, 10)
+    assert second.idempotency_key == first.idempotency_key  # the same rows went again
+    assert uplink.stats().delivered == 10 and uplink.stats().failures == 1
+
+
+def test_a_partial_acceptance_acks_only_the_named_taps(
+    queue: TapQueue, backoffice: BackOfficeServer, uplinks: list[HttpUplink]
+) -> None:
+    backoffice.misbehave(Fault(accept=lambda ids: ids[::2]))
+    ids = fill(queue, 10)
+    uplink = run(uplinks, queue, settings_for(backoffice.url, **SLOW_RETRY))
+    assert first_retry(queue)
+    assert queued_ids(queue) == ids[1::2]
+    assert uplink.stats().delivered == 5
+    assert backoffice.wait_for(10, 10)
+    assert wait_until(lambda: drained(queue), 5)
+    assert [r.taps for r in backoffice.requests[:2]] == [10, 5]
+    assert backoffice.duplicates == 0
+    assert uplink.stats().delivered == 10
+
+
+def test_already_known_taps_named_again_count_as_accepted(
+    queue: TapQueue, backoffice: BackOfficeServer, uplinks: list[HttpUplink]
+) -> None:
+    backoffice.misbehave(Fault(status=503, record=True))  # stored, answer lost
+    fill(queue, 10)
+    uplink = run(uplinks, queue, settings_for(backoffice.url))
+    assert wait_until(lambda: drained(queue), 10)
+    assert backoffice.duplicates == 10 and len(backoffice.taps) == 10
+    assert uplink.stats().delivered == 10
+
+
+def test_the_answer_is_checked_against_the_batch(queue: TapQueue, backoffice: BackOfficeServer) -> None:
+    fill(queue, 4)
+    taps = queue.batch(4)
+    uplink = HttpUplink(queue, settings_for(backoffice.url))
+    try:
+        backoffice.misbehave(
+            Fault(body=b"not json"),
+            Fault(body=b'["0000-0000000000"]'),
+            Fault(body=b'{"accepted": [0, 1, 2, 3]}'),
+            Fault(accept=lambda ids: [*ids, "0000-0000000099"]),
+            Fault(accept=lambda ids: ids[1:]),
+            Fault(accept=lambda ids: list(reversed(ids))),
+        )
+        outcomes = [uplink.post(taps) for _ in range(6)]
+    finally:
+        uplink.stop()
+    assert [o.verdict for o in outcomes] == [
+        Verdict.RETRY,
+        Verdict.RETRY,
+        Verdict.RETRY,
+        Verdict.RETRY,
+        Verdict.PARTIAL,
+        Verdict.DELIVERED,
+    ]
+    assert outcomes[4].accepted == frozenset(tap.tap_id for tap in taps[1:])
+    assert outcomes[5].accepted == frozenset(tap.tap_id for tap in taps)
+    assert all(o.accepted == frozenset() for o in outcomes[:4])

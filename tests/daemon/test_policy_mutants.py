@@ -1,0 +1,143 @@
+"""Boundaries of the offline rules that a one-character change would move, without readers.
+
+The bench test (test_money_mutants.py) shows the same rule through a real card; here each
+edge is pinned on its own: a ride dated after the tap (a card written by a terminal whose
+clock runs ahead) earns nothing, a ride at the very instant of the tap does, and the
+discount is taken off the fare only when the rule says transfer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pytest
+
+from reader.daemon.policy import (
+    AgeBand,
+    BusRules,
+    BusTap,
+    HolderRules,
+    HolderTap,
+    Outcome,
+    Reason,
+    Ride,
+    decide_bus,
+    decide_holder,
+    fare_for,
+    is_transfer,
+)
+
+NOW = dt.datetime(2026, 5, 20, 9, 0)
+WINDOW = dt.timedelta(minutes=90)
+RULES = BusRules(
+    line="0812",
+    fare=200,
+    accepted_regions=("51",),
+    passback=dt.timedelta(seconds=60),
+    transfer_discount=100,
+    transfer_window=WINDOW,
+)
+
+
+def ride(offset: dt.timedelta, line: str = "0815", amount: int = 200) -> Ride:
+    """A paid ride `offset` before NOW (negative: after it)."""
+    return Ride(NOW - offset, line, amount)
+
+
+@pytest.mark.parametrize(
+    ("offset", "transfer"),
+    [
+        pytest.param(-dt.timedelta(microseconds=1), False, id="a-microsecond-ahead"),
+        pytest.param(-dt.timedelta(minutes=10), False, id="ten-minutes-ahead"),
+        pytest.param(-(WINDOW - dt.timedelta(minutes=1)), False, id="ahead-by-less-than-the-window"),
+        pytest.param(dt.timedelta(0), True, id="the-same-instant"),
+        pytest.param(WINDOW - dt.timedelta(microseconds=1), True, id="just-inside-the-window"),
+        pytest.param(WINDOW, False, id="the-window-itself"),
+    ],
+)
+def test_a_transfer_needs_a_ride_before_the_tap_and_within_the_window(offset: dt.timedelta, transfer: bool) -> None:
+    assert is_transfer((ride(offset),), NOW, WINDOW, "0812") is transfer
+
+
+def test_a_future_dated_ride_is_charged_the_full_fare() -> None:
+    tap = BusTap(
+        region="510100",
+        hotlisted=False,
+        start=None,
+        expiry=None,
+        balance=1000,
+        overdraft_limit=0,
+        birth_date=None,
+        rides=(ride(-dt.timedelta(minutes=5)),),
+        last_paid=None,
+    )
+    fare = decide_bus(tap, RULES, NOW).fare
+    assert fare is not None and (fare.amount, fare.base, fare.transfer) == (200, 200, False)
+
+
+# -- every refusal of decide_bus / decide_holder keeps its outcome, reason and fare ----------
+
+TAP = BusTap(
+    region="510100",
+    hotlisted=False,
+    start=dt.date(2024, 1, 1),
+    expiry=dt.date(2034, 1, 1),
+    balance=1000,
+    overdraft_limit=0,
+    birth_date=None,
+    rides=(),
+    last_paid=None,
+)
+
+
+def test_a_card_refused_as_not_genuine_stays_refused_for_the_passback_window() -> None:
+    refused = dataclasses.replace(TAP, last_refused=NOW - dt.timedelta(seconds=59))
+    decision = decide_bus(refused, RULES, NOW)
+    assert (decision.outcome, decision.reason) == (Outcome.DENIED, Reason.CARD_NOT_GENUINE)
+    later = decide_bus(dataclasses.replace(TAP, last_refused=NOW - dt.timedelta(seconds=60)), RULES, NOW)
+    assert (later.outcome, later.reason) == (Outcome.ACCEPTED, Reason.OK)
+
+
+def test_a_bus_card_before_its_start_date_is_not_yet_valid() -> None:
+    decision = decide_bus(dataclasses.replace(TAP, start=NOW.date() + dt.timedelta(days=1)), RULES, NOW)
+    assert (decision.outcome, decision.reason) == (Outcome.DENIED, Reason.NOT_YET_VALID)
+
+
+def test_insufficient_balance_is_denied_with_the_fare_it_could_not_pay() -> None:
+    decision = decide_bus(dataclasses.replace(TAP, balance=199), RULES, NOW)
+    assert decision.outcome is Outcome.DENIED and decision.reason is Reason.INSUFFICIENT_BALANCE
+    assert decision.fare is not None and decision.fare.amount == 200
+
+
+@pytest.mark.parametrize(
+    ("discount", "line", "amount", "fare", "transfer"),
+    [
+        pytest.param(0, "0815", 200, 200, False, id="no-discount-configured-no-transfer"),
+        pytest.param(1, "0815", 200, 199, True, id="a-one-fen-discount"),
+        pytest.param(100, "0812", 200, 200, False, id="the-same-line-is-no-transfer"),
+        pytest.param(100, "0815", 1, 100, True, id="a-one-fen-ride-counts"),
+        pytest.param(100, "0815", 0, 200, False, id="a-free-ride-does-not"),
+    ],
+)
+def test_the_transfer_discount_applies_exactly_when_the_rule_says(
+    discount: int, line: str, amount: int, fare: int, transfer: bool
+) -> None:
+    rules = dataclasses.replace(RULES, transfer_discount=discount)
+    tap = dataclasses.replace(TAP, rides=(ride(dt.timedelta(minutes=5), line=line, amount=amount),))
+    decided = decide_bus(tap, rules, NOW).fare
+    assert decided is not None and (decided.amount, decided.transfer) == (fare, transfer)
+
+
+def test_a_band_percentage_rounds_down_to_whole_fen() -> None:
+    fare = fare_for(250, 0, False, AgeBand("senior", 65, 75))
+    assert fare.amount == 187 and isinstance(fare.amount, int)
+
+
+def test_holder_validity_counts_from_the_issue_date() -> None:
+    rules = HolderRules(("51",))
+    tap = HolderTap(region="510100", hotlisted=False, issued=NOW.date() + dt.timedelta(days=1), expiry=None)
+    decision = decide_holder(tap, rules, NOW)
+    assert (decision.outcome, decision.reason) == (Outcome.DENIED, Reason.NOT_YET_VALID)
+    served = decide_holder(dataclasses.replace(tap, issued=NOW.date()), rules, NOW)
+    assert (served.outcome, served.reason) == (Outcome.ACCEPTED, Reason.OK)
