@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": line,
         "seconds": round(time.monotonic() - started, 1),
         "cases_run": len(verdicts),
+        "ambiguous": sum(v.ambiguous for v in verdicts),
         "random_kills": None if kills is None else {"kills": kills.kills, "mid_tap": kills.mid_tap, "taps": kills.taps},
         "failed": [
             {**asdict(v), "records": [{k: r.get(k) for k in ("result", "reason", "atc", "fare")} for r in v.records]}

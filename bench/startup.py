@@ -6,6 +6,14 @@ slot 0, the HTTP uplink enabled with nothing to send. Start-up is measured from 
 the fork to the READY=1 datagram, on a fresh state folder each time (the queue and the
 journal are created, as on a new terminal).
 
+Start-up holding a backlog: BACKLOG_TAPS (1,000,000) queued taps in a queue file on disk,
+opened by `TapQueue` alone (constructor to return: the checks it runs, then ready) and by the
+daemon (fork to READY=1), after a clean stop (SIGTERM, or close(): the clean-shutdown marker
+is there) and after an unclean one (SIGKILL while the queue is open: no marker), each with the
+page cache warm and cold. Cold: `sync`, then posix_fadvise(POSIX_FADV_DONTNEED) on the
+database, its WAL and its shared-memory file, as after a power cut; only the queue file is
+evicted, not the interpreter or the project's code.
+
 Idle CPU is the process's user + system time (every thread, from /proc/PID/stat) over an
 idle window after READY, as a share of one core; the voluntary context switches of its
 threads over the same window say how often it wakes (blocking waits wake rarely, a busy
@@ -16,23 +24,36 @@ presence polling of the vpcd slots is not the daemon's.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.daemon_process import DaemonProcess, process_cpu_seconds, write_config
+from bench.queue_throughput import BENCH_MAX_BYTES, BENCH_MAX_TAPS, bulk_load
 from bench.report import percentiles, write
 from reader.backends.pcsc import wait_for_presence
 from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS, PcscdBench
 from reader.sim.psam import VirtualPsam
 from reader.sim.vpcd import VpcdLink
+from reader.uplink.queue import TapQueue
+from reader.uplink.settings import QueueSettings
 
 STARTS = 5
 IDLE_S = float(os.environ.get("BENCH_IDLE_S", "10"))
 SETTLE_S = 2.0
 CLOSED_PORT_URL = "http://127.0.0.1:9/taps"
 SAM_SLOT = VPCD_READERS[1]
+BACKLOG_TAPS = int(os.environ.get("BENCH_STARTUP_TAPS", "1000000"))
+BACKLOG_ROUNDS = int(os.environ.get("BENCH_STARTUP_ROUNDS", "3"))
+TARGET_MS = 1000.0
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = (("clean", "warm"), ("clean", "cold"), ("unclean", "warm"), ("unclean", "cold"))
 
 
 class BenchFailure(RuntimeError):
@@ -70,6 +91,7 @@ def run() -> None:
             if status != 0:
                 raise BenchFailure(f"SIGTERM ended the daemon with status {status}")
             stops.append(seconds * 1000)
+        rows += backlog_rows(Path(tmp))
     window = after.at - before.at
     stats = percentiles(startups)
     rows.append(
@@ -130,9 +152,154 @@ def run() -> None:
             f"{STARTS} starts of `sscard run --config` (config/demo.toml, fresh state folder each, HTTP uplink "
             "enabled with an empty queue) on pcscd with the vpcd readers and the virtual PSAM; start-up = fork to "
             f"the READY=1 datagram on our NOTIFY_SOCKET. Idle: {SETTLE_S:g} s after READY, CPU time from "
-            f"/proc/PID/stat (10 ms ticks) over {IDLE_S:g} s (BENCH_IDLE_S to change)."
+            f"/proc/PID/stat (10 ms ticks) over {IDLE_S:g} s (BENCH_IDLE_S to change). Backlog: "
+            f"{BACKLOG_TAPS:,} taps (BENCH_STARTUP_TAPS) bulk-loaded into a queue file on "
+            f"{tempfile.gettempdir()}, {BACKLOG_ROUNDS} rounds (BENCH_STARTUP_ROUNDS) of each variant; "
+            "clean = the previous stop was close()/SIGTERM, unclean = SIGKILL while open; cold = sync + "
+            "POSIX_FADV_DONTNEED on the database, -wal and -shm. After a clean stop only the cheap checks "
+            "run before ready (the whole-file quick_check follows in the background); after an unclean "
+            "stop quick_check runs before ready."
         ),
     )
+
+
+# ----------------------------------------------------------------------------- backlog
+
+
+def evict(path: Path) -> None:
+    """Write back and drop the queue's files from the page cache, as if the machine had just booted."""
+    os.sync()
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            fd = os.open(f"{path}{suffix}", os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def kill_while_open(settings: QueueSettings) -> None:
+    """A child opens the queue, records one tap and is SIGKILLed with the queue open: an unclean stop."""
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from reader.log import configure_logging
+        from reader.uplink.queue import TapQueue
+        from reader.uplink.settings import QueueSettings
+        configure_logging("error")
+        queue = TapQueue(QueueSettings(path=Path({str(settings.path)!r}), max_taps={settings.max_taps},
+                                       max_bytes={settings.max_bytes}, min_free_bytes=0))
+        queue.enqueue({{"terminal_id": "BENCH-BUS-0001", "tap_id": "unclean-" + str(time.time_ns())}})
+        print("open", flush=True)
+        time.sleep(600)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().strip()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    if line != "open":
+        raise BenchFailure(f"the child did not open the queue: {line!r}")
+
+
+def _measure(
+    rounds: int, path: Path, stop_before: Callable[[str], None], start: Callable[[], float]
+) -> dict[tuple[str, str], list[float]]:
+    """Milliseconds per variant; `stop_before(kind)` leaves the file as after a clean or unclean stop."""
+    samples: dict[tuple[str, str], list[float]] = {variant: [] for variant in VARIANTS}
+    for _ in range(rounds):
+        for stop, cache in VARIANTS:
+            stop_before(stop)
+            if cache == "cold":
+                evict(path)
+            samples[(stop, cache)].append(start() * 1000)
+    return samples
+
+
+def _rows(what: str, samples: dict[tuple[str, str], list[float]], checked: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    for (stop, cache), values in samples.items():
+        stats = percentiles(values)
+        row: dict[str, Any] = {
+            "metric": f"start-up holding {BACKLOG_TAPS:,} taps: {what}",
+            "variant": f"{stop} stop, {cache} cache",
+            "unit": "ms",
+            "n": stats["n"],
+            "p50": stats["p50"],
+            "max": stats["max"],
+            "checked": checked.get(stop, "?"),
+        }
+        if stop == "clean":
+            row["target"] = f"<= {TARGET_MS:g} ms"
+            row["meets"] = stats["p50"] <= TARGET_MS
+        rows.append(row)
+    return rows
+
+
+def backlog_rows(tmp: Path) -> list[dict[str, Any]]:
+    """Queue open and daemon READY with the backlog, clean/unclean x warm/cold."""
+    workdir = tmp / "backlog"
+    workdir.mkdir()
+    path = workdir / "queue.sqlite3"
+    settings = QueueSettings(path=path, max_taps=BENCH_MAX_TAPS, max_bytes=BENCH_MAX_BYTES)
+    load_s, _ = bulk_load(path, BACKLOG_TAPS)
+    TapQueue(settings).close()  # the bulk load was no clean stop of ours: one full check, then the marker
+    size_mib = path.stat().st_size / 2**20
+    checked: dict[str, str] = {}
+
+    def queue_stop(kind: str) -> None:
+        if kind == "unclean":
+            kill_while_open(settings)
+
+    def queue_open() -> float:
+        started = time.perf_counter()
+        queue = TapQueue(settings)
+        seconds = time.perf_counter() - started
+        checked[queue.previous_stop] = queue.open_check
+        if queue.moved_aside is not None:
+            raise BenchFailure(f"the backlog was moved aside: {queue.moved_aside}")
+        queue.close()
+        return seconds
+
+    queue_samples = _measure(BACKLOG_ROUNDS, path, queue_stop, queue_open)
+    rows = _rows("TapQueue() open to ready", queue_samples, checked)
+    rows[0]["file_mib"] = round(size_mib, 1)
+    rows[0]["bulk_load_s"] = round(load_s, 1)
+
+    config = write_config(
+        workdir / "daemon",
+        queue_path=path,
+        http_url=CLOSED_PORT_URL,
+        max_taps=BENCH_MAX_TAPS,
+        max_bytes=BENCH_MAX_BYTES,
+    )
+
+    def daemon_stop(kind: str) -> None:
+        if kind == "unclean":
+            daemon = DaemonProcess(config, workdir / "daemon")
+            daemon.start()
+            assert daemon.process is not None
+            daemon.process.kill()
+            daemon.stop()
+
+    def daemon_ready() -> float:
+        daemon = DaemonProcess(config, workdir / "daemon")
+        try:
+            seconds = daemon.start()
+        finally:
+            status, _ = daemon.stop()
+        if status != 0:
+            raise BenchFailure(f"SIGTERM ended the daemon with status {status}")
+        return seconds
+
+    daemon_samples = _measure(BACKLOG_ROUNDS, path, daemon_stop, daemon_ready)
+    return rows + _rows("`sscard run` fork to READY=1", daemon_samples, checked)
 
 
 if __name__ == "__main__":

@@ -358,10 +358,15 @@ class TapPipeline:
         if not outcome.decision.accepted:
             return outcome
         name = (values.get("name") or "") + (values.get("name_extension") or "")
+        card_id = values.get("card_identification_code")
+        # What medical-insurance settlement identifies the card by, beside the holder's ID
+        # number and name; handed to the POS that asked, never recorded or logged.
         holder = {
             "tap_id": tap_id,
             "card_token": outcome.token,
             "region": outcome.region,
+            "card_identification_code": card_id.hex().upper() if isinstance(card_id, bytes) else None,
+            "card_number": values.get("card_number"),
             "social_security_number": values.get("social_security_number"),
             "name": name or None,
         }
@@ -394,10 +399,16 @@ class TapPipeline:
             allowance = max(0, read_balance(card) - own)
 
         # A torn debit is settled first, while the PSAM may still hold its purchase session.
+        # The card's identity for it comes from the journal: nothing else needs reading first.
         pending = services.journal.pending(public.application_serial) if public else None
-        recovered: PurchaseResult | NotDebited | PurchaseFailure | None = None
         if pending is not None and public is not None:
-            recovered = self._recover(card, pending, public)
+            # Until the torn debit is settled, nothing of this tap may be recorded as denied.
+            self._in_flight = True
+            torn = CardSeen(pending.token, pending.region, own, pending.allowance)
+            settled = self._settled(self._recover(card, pending, public), pending, torn)
+            if settled is not None:
+                return settled
+            self._in_flight = False  # it never debited: recorded as an attempt, and this tap charges afresh
         ef06 = (0x0D,) if rules_config.bands and app_problem is None else ()
 
         refused: PsamCannotAuthenticate | None = None
@@ -425,9 +436,7 @@ class TapPipeline:
                 sw=f"{refused.sw:04X}",
                 on_birth_date_unreadable=unreadable,
             )
-            # A torn debit of this card is settled first whatever the setting: that ride was
-            # accepted when it was charged, and its record must not be lost to a refusal.
-            if unreadable == "refuse" and pending is None:
+            if unreadable == "refuse":
                 identity = {"token": services.token(number), "region": card_id[:3].hex().upper()}
                 return _denied(Reason.PSAM_CANNOT_AUTHENTICATE, **identity)
         region = card_id[:3].hex().upper()
@@ -437,14 +446,10 @@ class TapPipeline:
             region=region,
             authenticated=items.authenticated,
             transport=app_problem.value if app_problem else "ok",
-            torn_debit_pending=pending is not None,
+            torn_debit_settled=pending is not None,
         )
         if app_problem is not None or public is None:
             return _denied(app_problem or Reason.CARD_READ_FAILED, token=token, region=region)
-        if pending is not None and recovered is not None:
-            settled = self._settled(recovered, pending, CardSeen(token, region, own, allowance))
-            if settled is not None:
-                return settled
 
         # The SSSE read left the SSSE selected: back to the e-purse for its log and the debit.
         command(card, select_tunion(), "SELECT T-Union")
@@ -656,7 +661,7 @@ class TapPipeline:
         return self._debited(
             result,
             _fare_decision(recovery),
-            dataclasses.replace(seen, allowance=pending.allowance),
+            seen,
             recovered=True,
             tap_id=pending.tap_id,
             when=pending.created_at.astimezone(self.services.tz),
@@ -678,8 +683,8 @@ class TapPipeline:
 class CardSeen:
     """What a bus tap knows of the card once it is read: who, where from, and its purse."""
 
-    token: str
-    region: str
+    token: str | None
+    region: str | None
     balance: int
     """The purse's own money (GET BALANCE P1 02); below zero while the card uses its overdraft."""
     allowance: int
@@ -722,7 +727,7 @@ def settle_expired(services: Services, window: dt.timedelta, reader: str) -> int
         try:
             services.queue.enqueue(record, also=services.journal.settle_tap(pending.tap_id))
         except DuplicateTapError:
-            log.warning("tap_already_recorded", recorded_tap_id=pending.tap_id)
+            log.warning("tap_torn_debit_already_recorded", torn_tap_id=pending.tap_id)
             services.journal.clear(tap_id=pending.tap_id)
             continue
         except OutOfServiceError as error:

@@ -81,3 +81,17 @@ class HotlistFetchError(UplinkError):
 
 class UplinkConfigError(UplinkError):
     """The uplink settings cannot work (unreadable key file, bad topic template)."""
+
+
+class HotlistSignatureError(HotlistFormatError):
+    """A back-office hotlist document is not signed by the configured key (or no key is configured)."""
+
+
+class HotlistVersionError(HotlistFormatError):
+    """A hotlist document does not fit the list in force: a delta for another version, or a full
+    list that is not newer. `stale` is set when the document is older than (or already part of)
+    the list in force, as a retained full list is after deltas: nothing to do, not a fault."""
+
+    def __init__(self, message: str, *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale

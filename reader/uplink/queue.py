@@ -20,8 +20,23 @@ Why SQLite, and why these settings:
   sees the same figures.
 - auto_vacuum=INCREMENTAL is set before the first table exists (it cannot be turned on
   later without a full VACUUM); freed pages are handed back after deliveries.
-- An integrity check runs at open; a corrupt file is renamed aside (never deleted or
-  overwritten), logged, and recorded in the new file's incident table.
+- What is checked at open depends on how the last writer stopped. `close()` leaves a
+  clean-shutdown marker beside the file (`<file>-clean`, fsynced, naming the file's inode,
+  size and mtime) once the last connection closed and SQLite removed the WAL; opening
+  removes it (durably) before anything is written. A kill -9 or a power cut therefore
+  leaves no marker, and the next start runs the whole-file check (quick_check or
+  integrity_check) before READY: after a crash the file must be trusted before a debit is
+  journalled into it. After a clean stop only cheap checks run before READY (page 1
+  header, the schema, both ends of every b-tree, the totals row): a few dozen page reads
+  instead of every page, so a cold start with a million taps stays within a second. The
+  whole-file check then runs in a background thread on a read-only connection.
+- A file that fails its check at open is renamed aside (never deleted or overwritten),
+  logged, and recorded in the new file's incident table. Corruption found by the
+  background check cannot be moved aside while the daemon writes (its connections, and
+  the journal's pending debits, would follow the renamed file); it is logged, recorded as
+  an incident, and no clean marker is left at close, so the next start checks the whole
+  file before READY and moves it aside there. A corrupt page met by a write meanwhile
+  fails that write with SQLITE_CORRUPT, which refuses the tap as out of service.
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -52,6 +68,18 @@ from reader.uplink.errors import (
 from reader.uplink.settings import QueueSettings
 
 SCHEMA_VERSION = 1
+
+# Beside the database: present only between a clean close and the next open.
+CLEAN_MARKER_SUFFIX = "-clean"
+_MARKER_FORMAT = 1
+# The tables this module creates; the cheap checks insist on them.
+_REQUIRED_TABLES = ("taps", "poison", "totals", "incidents")
+# Database header (https://www.sqlite.org/fileformat2.html#the_database_header).
+_HEADER_SIZE = 100
+_HEADER_MAGIC = b"SQLite format 3\x00"
+_BACKGROUND_STOP_S = 5.0
+
+PreviousStop = Literal["new", "clean", "unclean"]
 
 # Primary result codes (sqlite3.h); extended codes carry them in the low byte.
 _SQLITE_CORRUPT = 11
@@ -201,7 +229,17 @@ class TapQueue:
         self._free_at_failure = 0
         self._log = get_logger(component="queue", path=str(self._path))
         self.moved_aside: Path | None = None
+        # How the last writer stopped, and what this open checked before returning.
+        self.previous_stop: PreviousStop = "new"
+        self.open_check: Literal["none", "cheap", "quick_check", "integrity_check"] = "none"
+        # The background whole-file check after a clean stop: its finding, once it has one.
+        self.background_problem: str | None = None
+        self._background: threading.Thread | None = None
+        self._background_conn: sqlite3.Connection | None = None
+        self._background_lock = threading.Lock()
+        self._background_done = threading.Event()
         if readonly:
+            self._background_done.set()
             if not self._path.exists():
                 raise QueueMissingError(f"no queue at {self._path}")
         else:
@@ -234,8 +272,16 @@ class TapQueue:
     def _open_checked(self, on_corrupt: str) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         problem: str | None = None
+        # The marker goes before anything can write: from here on a crash must read as unclean.
+        clean = self._take_clean_marker()
         if self._path.exists():
-            problem = self._integrity_problem()
+            self.previous_stop = "clean" if clean else "unclean"
+            if clean and self._settings.after_clean_stop != "before_ready":
+                self.open_check = "cheap"
+                problem = self._cheap_problem()
+            else:
+                self.open_check = "integrity_check" if self._settings.integrity_check == "full" else "quick_check"
+                problem = self._integrity_problem()
         if problem is not None:
             if on_corrupt != "move_aside":
                 raise QueueCorruptError(self._path, problem)
@@ -255,7 +301,191 @@ class TapQueue:
             if self.moved_aside is not None:
                 self._record_incident(conn, "corrupt_file_moved_aside", f"{self.moved_aside}: {problem}")
             depth = conn.execute("SELECT depth FROM totals WHERE id = 1").fetchone()[0]
-        self._log.info("queue_opened", depth=depth)
+        self._log.info("queue_opened", depth=depth, previous_stop=self.previous_stop, checked=self.open_check)
+        if self.open_check == "cheap" and self.moved_aside is None and self._settings.after_clean_stop == "background":
+            self._background = threading.Thread(target=self._background_check, name="queue-check", daemon=True)
+            self._background.start()
+        else:
+            self._background_done.set()
+
+    # -- the clean-shutdown marker -------------------------------------------------------
+
+    @property
+    def marker_path(self) -> Path:
+        """The clean-shutdown marker beside the database file."""
+        return self._path.with_name(self._path.name + CLEAN_MARKER_SUFFIX)
+
+    def _take_clean_marker(self) -> bool:
+        """Whether the last writer closed cleanly; removes the marker durably either way.
+
+        Clean means: the marker is there, names this very file as it is now (inode, size,
+        mtime in nanoseconds) and no WAL frames wait beside it (no WAL file, or an empty one
+        as a read-only view leaves). Anything else (a marker from before a file was restored
+        or replaced, a file written since by something that did not leave a marker, a WAL
+        left by a crash) reads as unclean, which costs a slower start and nothing else.
+        """
+        marker = self.marker_path
+        try:
+            text = marker.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return False
+        except (OSError, UnicodeDecodeError) as exc:
+            self._log.warning("queue_clean_marker_unreadable", error=str(exc))
+            text = ""
+        marker.unlink()
+        _fsync_dir(self._path.parent)
+        try:
+            recorded = json.loads(text)
+        except json.JSONDecodeError:
+            recorded = None
+        try:
+            current = _file_identity(self._path)
+        except FileNotFoundError:
+            return False
+        if not self._wal_is_empty():
+            return False
+        return bool(recorded == current)
+
+    def _leave_clean_marker(self) -> None:
+        """Write the marker after the last connection closed; skipped when the close was not clean.
+
+        SQLite removes the WAL when the last connection to the file closes, after
+        checkpointing it into the database and syncing that; frames still in a WAL mean
+        another connection (another process) has the file open, so this close proves
+        nothing. A background check that found corruption also leaves no marker, so the
+        next start checks the whole file before READY. A marker that cannot be written is
+        logged and costs the next start its full check: never a reason to fail a stop.
+        """
+        if self.background_problem is not None:
+            self._log.warning("queue_closed_without_clean_marker", reason="corruption found in service")
+            return
+        if not self._wal_is_empty():
+            self._log.info("queue_closed_without_clean_marker", reason="the file is still open elsewhere")
+            return
+        marker = self.marker_path
+        scratch = marker.with_name(marker.name + ".tmp")
+        try:
+            identity = _file_identity(self._path)
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, json.dumps(identity).encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(scratch, marker)
+            _fsync_dir(self._path.parent)
+        except OSError as exc:
+            self._log.error("queue_clean_marker_failed", error=str(exc))
+
+    def _wal_is_empty(self) -> bool:
+        """No WAL frames beside the database: no WAL file, or one of zero bytes."""
+        try:
+            return os.stat(f"{self._path}-wal").st_size == 0
+        except FileNotFoundError:
+            return True
+
+    # -- checks at open and in the background --------------------------------------------
+
+    def _cheap_problem(self) -> str | None:
+        """What the cheap checks after a clean stop find wrong, or None.
+
+        They read page 1 and, for every table and index, the pages on the way to its first
+        and last entry, with cell_size_check on: damage to a header, the schema, a root or
+        an edge page, or a truncated file shows here. A bad page in the middle of a b-tree
+        does not; the background check or the first statement that reads it finds it.
+        """
+        problem = _header_problem(self._path)
+        if problem is not None:
+            return f"header: {problem}"
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self._path, timeout=self._settings.busy_timeout_s, isolation_level=None)
+            conn.execute("PRAGMA cell_size_check=ON")
+            conn.execute("BEGIN")  # one snapshot for every probe
+            return _probe_problem(conn)
+        except sqlite3.DatabaseError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                return f"cheap checks: {exc}"
+            raise
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _background_check(self) -> None:
+        """The whole-file check after a clean start, at the lowest CPU priority, read-only.
+
+        Runs on its own read-only connection, so it never takes the write lock from the tap
+        pipeline; close() interrupts it.
+        """
+        pragma = "integrity_check" if self._settings.integrity_check == "full" else "quick_check"
+        started = time.monotonic()
+        try:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            except OSError as exc:
+                self._log.debug("queue_background_check_priority_kept", error=str(exc))
+            try:
+                problem = self._run_background_check(pragma)
+            except sqlite3.Error as exc:
+                if self._closed:
+                    self._log.info("queue_background_check_stopped", check=pragma)
+                else:
+                    self._log.error("queue_background_check_failed", check=pragma, error=str(exc))
+                return
+            seconds = round(time.monotonic() - started, 3)
+            if problem is None:
+                self._log.info("queue_background_check_passed", check=pragma, seconds=seconds)
+                return
+            self.background_problem = problem
+            self._log.error("queue_corrupt_in_service", check=pragma, problem=problem, seconds=seconds)
+            try:
+                with self._using("NORMAL") as conn:
+                    self._record_incident(conn, "corruption_found_in_service", problem)
+            except (UplinkError, sqlite3.Error) as exc:
+                self._log.error("queue_incident_not_recorded", kind="corruption_found_in_service", error=str(exc))
+        finally:
+            self._background_done.set()
+
+    def _run_background_check(self, pragma: str) -> str | None:
+        uri = self._path.resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=self._settings.busy_timeout_s, isolation_level=None)
+        try:
+            with self._background_lock:
+                if self._closed:
+                    return None
+                self._background_conn = conn
+            try:
+                rows = conn.execute(f"PRAGMA {pragma}").fetchall()
+            except sqlite3.DatabaseError as exc:
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                    return f"{pragma}: {exc}"
+                raise
+        finally:
+            with self._background_lock:
+                self._background_conn = None
+            conn.close()
+        messages = [str(row[0]) for row in rows]
+        return None if messages == ["ok"] else f"{pragma}: " + "; ".join(messages[:5])
+
+    def wait_for_background_check(self, timeout: float) -> bool:
+        """Block until the background check has finished (or none runs); False on timeout."""
+        return self._background_done.wait(timeout)
+
+    def _stop_background_check(self) -> None:
+        thread = self._background
+        if thread is None:
+            return
+        deadline = time.monotonic() + _BACKGROUND_STOP_S
+        # Interrupt until the thread is gone: an interrupt that lands between statements is lost.
+        while thread.is_alive() and time.monotonic() < deadline:
+            with self._background_lock:
+                if self._background_conn is not None:
+                    self._background_conn.interrupt()
+            thread.join(0.05)
+        if thread.is_alive():
+            self._log.error("queue_background_check_not_stopped", timeout_s=_BACKGROUND_STOP_S)
 
     def _integrity_problem(self) -> str | None:
         """Why the existing file cannot be trusted, or None when it passes the check."""
@@ -365,13 +595,21 @@ class TapQueue:
             raise
 
     def close(self) -> None:
-        """Close every connection this queue opened, in any thread, once it is not in use."""
+        """Close every connection this queue opened, in any thread, once it is not in use.
+
+        The first close of a writable queue then leaves the clean-shutdown marker, when
+        this process was the last to have the file open.
+        """
+        first = not self._closed
         self._closed = True
+        self._stop_background_check()
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for conn, lock in conns:
             with lock:
                 conn.close()
+        if first and not self._readonly:
+            self._leave_clean_marker()
 
     def __enter__(self) -> TapQueue:
         return self
@@ -741,6 +979,109 @@ def _free_bytes(directory: Path) -> int:
     except OSError:
         return -1
     return st.f_bavail * st.f_frsize
+
+
+def _file_identity(path: Path) -> dict[str, int]:
+    """What the clean marker records of the database file: any write or replacement changes it."""
+    st = os.stat(path)
+    return {"format": _MARKER_FORMAT, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _header_problem(path: Path) -> str | None:
+    """What is wrong with page 1's header, read straight from the file, or None.
+
+    An empty file is a database with no pages yet, as SQLite itself treats it.
+    """
+    with path.open("rb") as f:
+        header = f.read(_HEADER_SIZE)
+        size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        return None
+    if len(header) < _HEADER_SIZE:
+        return f"{len(header)} bytes, shorter than a database header"
+    if header[:16] != _HEADER_MAGIC:
+        return "no SQLite magic string"
+    (page_size,) = struct.unpack_from(">H", header, 16)
+    if page_size == 1:
+        page_size = 65536
+    if not 512 <= page_size <= 65536 or page_size & (page_size - 1):
+        return f"page size {page_size}"
+    if header[21:24] != b"\x40\x20\x20":
+        return f"payload fractions {tuple(header[21:24])}, the format fixes 64/32/32"
+    if size % page_size:
+        return f"file size {size} is not a whole number of {page_size}-byte pages"
+    (pages,) = struct.unpack_from(">I", header, 28)
+    if header[24:28] == header[92:96] and pages > size // page_size:
+        return f"the header counts {pages} pages, the file holds {size // page_size}: truncated"
+    (encoding,) = struct.unpack_from(">I", header, 56)
+    if encoding != 1:
+        return f"text encoding {encoding}, this code writes UTF-8 (1)"
+    return None
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _probe_problem(conn: sqlite3.Connection) -> str | None:
+    """Read the first and last entry of every b-tree and the totals row; what is wrong, or None.
+
+    Each read descends from the root to one leaf, so this costs the depth of each tree in
+    page reads. SQLITE_CORRUPT from any of them propagates to the caller.
+    """
+    objects = conn.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE type IN ('table', 'index') AND rootpage > 0"
+    ).fetchall()
+    tables = {name: str(sql or "") for kind, name, _, sql in objects if kind == "table"}
+    missing = [name for name in _REQUIRED_TABLES if name not in tables]
+    if missing:
+        return f"tables missing: {', '.join(missing)}"
+    ends: dict[str, tuple[int | None, int | None]] = {}
+    for name, sql in tables.items():
+        table = _quoted(name)
+        if "WITHOUT ROWID" in sql.upper():
+            conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+            continue
+        first = conn.execute(f"SELECT rowid FROM {table} ORDER BY rowid LIMIT 1").fetchone()
+        last = conn.execute(f"SELECT rowid FROM {table} ORDER BY rowid DESC LIMIT 1").fetchone()
+        ends[name] = (None if first is None else first[0], None if last is None else last[0])
+    for kind, name, table_name, _ in objects:
+        if kind == "index":
+            _probe_index(conn, name, table_name)
+    row = conn.execute("SELECT depth, bytes FROM totals WHERE id = 1").fetchone()
+    if row is None:
+        return "the totals row is missing"
+    depth, nbytes = row
+    if not isinstance(depth, int) or not isinstance(nbytes, int) or depth < 0 or nbytes < 0:
+        return f"totals row holds depth {depth!r}, bytes {nbytes!r}"
+    first, last = ends["taps"]
+    if (depth == 0) != (first is None):
+        return f"totals say {depth} taps queued, the taps table {'is empty' if first is None else 'is not'}"
+    if first is not None and last is not None and depth > last - first + 1:
+        return f"totals say {depth} taps queued, more than the sequence range {first}..{last} holds"
+    return None
+
+
+def _probe_index(conn: sqlite3.Connection, index: str, table: str) -> None:
+    """Read the first and last entry of one index, when that is a walk down its edges.
+
+    An index on an expression, or one whose order the planner would sort again (a full
+    scan), is left to the whole-file check.
+    """
+    keys = [row for row in conn.execute(f"PRAGMA index_xinfo({_quoted(index)})").fetchall() if row[5]]
+    if not keys or any(row[2] is None for row in keys):
+        return
+    columns = ", ".join(_quoted(row[2]) for row in keys)
+    for reverse in (False, True):
+        order = ", ".join(
+            f"{_quoted(row[2])} COLLATE {_quoted(row[4])} {'DESC' if bool(row[3]) != reverse else 'ASC'}"
+            for row in keys
+        )
+        query = f"SELECT {columns} FROM {_quoted(table)} INDEXED BY {_quoted(index)} ORDER BY {order} LIMIT 1"
+        plan = " ".join(str(step[3]) for step in conn.execute(f"EXPLAIN QUERY PLAN {query}").fetchall())
+        if "TEMP B-TREE" in plan:
+            return
+        conn.execute(query).fetchall()
 
 
 def _fsync_dir(directory: Path) -> None:

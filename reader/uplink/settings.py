@@ -33,7 +33,18 @@ class QueueSettings(_Settings):
         description="refuse new taps when the file system has less free space than this",
     )
     busy_timeout_s: float = Field(default=10.0, gt=0)
-    integrity_check: Literal["quick", "full"] = "quick"
+    integrity_check: Literal["quick", "full"] = Field(
+        default="quick",
+        description="the check that walks the whole file: PRAGMA quick_check or the slower integrity_check",
+    )
+    after_clean_stop: Literal["cheap", "background", "before_ready"] = Field(
+        default="background",
+        description=(
+            "what a start after a clean stop checks before READY: only the cheap checks (header, schema, "
+            "both ends of every b-tree, the totals row); those and the whole-file check in the background; "
+            "or the whole-file check before READY as after an unclean stop"
+        ),
+    )
     reclaim_after_pages: int = Field(
         default=1024, ge=1, description="run an incremental vacuum once this many pages are free"
     )
@@ -117,10 +128,20 @@ class MqttUplinkSettings(_Settings):
 
 
 class HotlistSettings(_Settings):
-    """The deny list: where it is kept and where fresh versions come from."""
+    """The deny list: where it is kept, where fresh versions come from, and whose signature they carry.
+
+    `public_key` is the back office's Ed25519 public key (32 raw bytes, written as 64 hex
+    digits or as base64). It is public, so it sits in the configuration itself rather than
+    among the credentials. It is required whenever a source is configured: a terminal that
+    takes a deny list from the network must be able to tell the back office's list from
+    anybody else's.
+    """
 
     path: Path = STATE_DIR / "hotlist.bin"
     source: Literal["none", "http", "mqtt"] = "none"
+    public_key: str | None = Field(
+        default=None, description="back-office Ed25519 public key, hex or base64 of the 32 raw bytes"
+    )
     http_url: str | None = None
     poll_interval_s: float = Field(default=300.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -130,10 +151,39 @@ class HotlistSettings(_Settings):
     mqtt_topic: str = Field(
         default="sscard/hotlist", description="retained topic; broker settings from the MQTT uplink"
     )
-    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="refuse larger downloads")
+    max_bytes: int = Field(
+        default=128 * 1024 * 1024, gt=0, description="refuse larger downloads (16 bytes an entry: 8 million)"
+    )
 
     @model_validator(mode="after")
     def _source_complete(self) -> HotlistSettings:
         if self.source == "http" and not self.http_url:
             raise ValueError("hotlist source 'http' needs http_url")
+        if self.public_key is not None:
+            self.public_key_bytes()
+        elif self.source != "none":
+            raise ValueError(f"hotlist source {self.source!r} needs public_key (the back office's Ed25519 key)")
         return self
+
+    def public_key_bytes(self) -> bytes | None:
+        """The 32 raw key bytes, None when no key is configured; raises ValueError if malformed."""
+        import base64
+        import binascii
+
+        if self.public_key is None:
+            return None
+        text = self.public_key.strip()
+        raw: bytes | None = None
+        if len(text) == 64:
+            try:
+                raw = bytes.fromhex(text)
+            except ValueError:
+                raw = None
+        if raw is None:
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except binascii.Error:
+                raw = b""
+        if len(raw) != 32:
+            raise ValueError("hotlist public_key must be the 32-byte Ed25519 key as 64 hex digits or base64")
+        return raw

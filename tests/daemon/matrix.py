@@ -706,11 +706,9 @@ class Runner:
         return verdict
 
     def _run(self, case: Case, daemon: DaemonProcess, card: FaultyChip, observed: Observed, state: Path) -> None:
-        try:
-            daemon.start(case.crash_at, timeout=FIRST_START_S)
-        except DaemonFailed as error:
-            observed.notes.append(f"first start failed: {error}")
-            return
+        # A daemon that cannot start on a fresh state directory is a broken build, not a finding
+        # of this case: DaemonFailed stops the run.
+        daemon.start(case.crash_at, timeout=FIRST_START_S)
         card.kill_pid = daemon.pid
         if case.disk_full:
             _fill(state)

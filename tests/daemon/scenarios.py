@@ -149,7 +149,7 @@ class EventListener:
 
     def _listen(self) -> None:
         try:
-            with self.client.stream("GET", "/events") as response:
+            with self.client.stream("GET", "/v1/events") as response:
                 response.raise_for_status()
                 self.ready.set()
                 for line in response.iter_lines():
@@ -261,12 +261,12 @@ def pharmacy(workdir: Path) -> PharmacyRun:
         httpx.Client(base_url=f"http://{listen}", headers={"Authorization": f"Bearer {token}"}, timeout=30) as pos,
         ThreadPoolExecutor(max_workers=1) as asker,
     ):
-        unauthorised = httpx.post(f"http://{listen}/read-card", json={"timeout": 1}).status_code
+        unauthorised = httpx.post(f"http://{listen}/v1/read-card", json={"timeout": 1}).status_code
         assert terminal.daemon is not None and terminal.daemon.services is not None
         requests = terminal.daemon.services.card_requests
         assert requests is not None
         for name in PHARMACY_ORDER:
-            pending: Future[httpx.Response] = asker.submit(pos.post, "/read-card", json={"timeout": 20})
+            pending: Future[httpx.Response] = asker.submit(pos.post, "/v1/read-card", json={"timeout": 20})
             assert wait_until(lambda: requests.waiting, 5), "the POS request never reached the daemon"
             first[name] = terminal.tap(deck[name])
             response = pending.result(timeout=10)

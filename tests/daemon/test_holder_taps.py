@@ -64,6 +64,8 @@ def test_pos_gets_the_holder_of_an_accepted_card(pharmacy_run: PharmacyRun, name
         "reason": "ok",
         "card_token": record["card_token"],
         "region": record["region"],
+        "card_identification_code": ssse.card_id.hex().upper(),
+        "card_number": ssse.card_number,
         "social_security_number": ssse.ssn,
         "name": ssse.name + (ssse.name_extension or ""),
     }

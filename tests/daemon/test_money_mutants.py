@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from tests.daemon.bench import (
     SLOT_CARD,
     TAP_DAY,
     ManualClock,
+    Tap,
     Terminal,
     committed,
     free_loopback_port,
@@ -44,6 +46,19 @@ SW_MAC_INVALID = 0x9302
 BUS_INDUSTRY, RAIL_INDUSTRY = 0x02, 0x01
 FARE, TRANSFER_DISCOUNT = 200, 100
 """config/demo.toml's line 812: a 2.00 yuan fare, 1.00 off on a transfer within 90 minutes."""
+
+
+def assert_debit_recorded(tap: Tap, fare: int) -> None:
+    """The record carries the debit the card itself logged: its ATC, a TAC, the PSAM's sequence."""
+    record = tap.record
+    assert tap.before is not None and tap.after is not None
+    (logged,) = tap.after.debits_since(tap.before)
+    assert logged.amount == fare == tap.before.balance - tap.after.balance
+    assert record["atc"] == logged.atc - 1, "the ATC the card reported at INITIALIZE"
+    assert re.fullmatch("[0-9A-F]{8}", record["tac"]), record["tac"]
+    assert isinstance(record["psam_sequence"], int) and isinstance(record["overdraft_allowance"], int)
+    assert record["recovered"] is False
+    assert re.fullmatch("[0-9a-f]{64}", record["card_token"]) and record["region"].startswith("51")
 
 
 def holder_terminal(kind: str, workdir: Path) -> Config:
@@ -72,9 +87,8 @@ def test_a_mac2_the_psam_rejects_is_not_a_paid_ride(psam_refusing_mac2: TearingC
     assert (record["result"], record["reason"], record["mac2_verified"]) == ("denied", "mac2_invalid", False)
     assert tap.signals[0].beep != "ok"
     # The card did debit: the record keeps the debit for clearing, but says no ride was paid.
-    assert tap.before is not None and tap.after is not None
-    assert tap.after.balance == tap.before.balance - FARE
-    assert record["tac"] and record["balance_before"] - record["balance_after"] == FARE
+    assert record["fare"] == FARE and record["balance_before"] - record["balance_after"] == FARE
+    assert_debit_recorded(tap, FARE)
 
 
 # --------------------------------------------------------------------------- record before "accepted"
@@ -206,10 +220,10 @@ def test_only_an_earlier_bus_ride_earns_the_transfer_discount(
     card = with_ride(VirtualCard.from_profile("sichuan"), ride)
     with Terminal(config, ManualClock(TAP_DAY)) as validator:
         tap = validator.tap(card)
+        again = validator.tap(card)  # the paid ride is remembered for the passback window
     record: dict[str, Any] = tap.record
     fare = FARE - TRANSFER_DISCOUNT if transfer else FARE
     assert (record["result"], record["fare_base"]) == ("accepted", FARE)
     assert (record["transfer"], record["fare"]) == (transfer, fare)
-    assert tap.before is not None and tap.after is not None
-    assert tap.before.balance - tap.after.balance == fare
-
+    assert_debit_recorded(tap, fare)
+    assert (again.record["result"], again.record["reason"]) == ("denied", "already_paid")

@@ -203,3 +203,40 @@ def test_a_full_disk_refuses_the_journal_entry_with_a_typed_error(small_fs: Path
             journal.begin_debit(PendingDebit(f"tap-{n}", recovery, when, "ab" * 32, "510100", 0))
     assert queue.out_of_service is not None
     queue.close()
+
+
+def test_the_process_record_written_to_the_card_follows_the_layout_byte_for_byte(
+    tmp_path: Path, psam: object
+) -> None:
+    """The 0x1E record the validator writes, against the reference's layout written out by hand.
+
+    cards.md "0x1E process/journey record" (FLP docs and the Shanghai gate agree): type 06
+    single ride; terminal number 8 bytes BCD, the PSAM's 510100000001 right-aligned; industry
+    02 bus; line 0812, station 0034, operator 0007 BCD and one RFU byte; amount and balance
+    after, 4 bytes big-endian; YYYYMMDDhhmmss BCD; the operator's city code and acquirer from
+    the configuration; six reserved zeros.
+    """
+    config = terminal_config("bus", tmp_path / "bus")
+    assert config.bus is not None
+    bus = config.bus.model_copy(
+        update={"station": "34", "operator_code": "7", "city_code": "4000", "acquirer": "0123456789ABCDEF"}
+    )
+    card = VirtualCard.from_profile("sichuan")
+    before = card.memory.balance
+    with Terminal(config.model_copy(update={"bus": bus}), ManualClock(TAP_DAY)) as terminal:
+        tap = terminal.tap(card)
+    assert tap.record["result"] == "accepted"
+    when = TAP_DAY.strftime("%Y%m%d%H%M%S")
+    expected = (
+        "06"
+        + "0000510100000001"
+        + "02"
+        + "0812" + "0034" + "0007" + "00"
+        + f"{FARE:08X}"
+        + f"{before - FARE:08X}"
+        + when
+        + "4000"
+        + "0123456789ABCDEF"
+        + "000000000000"
+    )
+    assert card.memory.process_log[0].hex().upper() == expected

@@ -159,7 +159,7 @@ def test_fares_balances_and_signals_read_as_the_rider_sees_them(table_run: DemoR
     assert passback.balance == sichuan.balance, "a refused tap leaves the purse as it was"
     assert torn.display.startswith(f"扣款 2.00 | 余额 {torn.balance}")
     assert "请重新刷卡 Tap again (warning)" in torn.display, "the tear, then the recovered debit"
-    assert (elder.fare, elder.display) == ("0.00", "免费乘车 elder")
+    assert (elder.fare, elder.display) == ("0.00", "免费乘车 elder | 余额 12.00")
     assert "扣款 0.00" not in table_run.stdout
 
 

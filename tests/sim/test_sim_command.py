@@ -106,7 +106,7 @@ def test_a_bad_profile_is_reported(tmp_path: Path) -> None:
         timeout=30,
     )
     assert run.returncode == 1
-    assert "no profile" in run.stdout
+    assert "no profile" in run.stderr
 
 
 def free_udp_port() -> int:
