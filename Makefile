@@ -15,7 +15,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy protocols
+	$(BIN)/mypy protocols reader/daemon
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -36,7 +36,7 @@ mutation: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy protocols
+	$(BIN)/mypy protocols reader/daemon
 
 debs:
 	@missing=$$(for p in $(DEBS); do \
@@ -57,4 +57,4 @@ $(STAMP): pyproject.toml | debs
 	touch $@
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

@@ -12,7 +12,7 @@ import sys
 import time
 from types import ModuleType
 
-from bench import apdu_roundtrip, parsing, queue_throughput, startup, tap_overhead
+from bench import apdu_roundtrip, hotlist, parsing, queue_throughput, startup, tap_overhead
 from bench.report import RESULTS, write
 from reader.log import configure_logging
 
@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "startup": startup,
     "tap_overhead": tap_overhead,
     "queue_throughput": queue_throughput,
+    "hotlist": hotlist,
 }
 
 

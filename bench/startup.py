@@ -12,7 +12,8 @@ daemon (fork to READY=1), after a clean stop (SIGTERM, or close(): the clean-shu
 is there) and after an unclean one (SIGKILL while the queue is open: no marker), each with the
 page cache warm and cold. Cold: `sync`, then posix_fadvise(POSIX_FADV_DONTNEED) on the
 database, its WAL and its shared-memory file, as after a power cut; only the queue file is
-evicted, not the interpreter or the project's code.
+evicted, not the interpreter or the project's code. Warm: the queue's files are read once
+just before, as on a terminal restarted a moment after it stopped.
 
 Idle CPU is the process's user + system time (every thread, from /proc/PID/stat) over an
 idle window after READY, as a share of one core; the voluntary context switches of its
@@ -31,6 +32,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +63,32 @@ class BenchFailure(RuntimeError):
 
 
 def run() -> None:
+    with tempfile.TemporaryDirectory(prefix="sscard-bench-start-") as tmp:
+        backlog = make_backlog(Path(tmp))
+        backlog_rows = queue_backlog_rows(backlog)
+        rows = daemon_rows(Path(tmp), backlog)
+    write(
+        "startup",
+        rows + backlog_rows,
+        notes=(
+            f"{STARTS} starts of `sscard run --config` (config/demo.toml, fresh state folder each, HTTP uplink "
+            "enabled with an empty queue) on pcscd with the vpcd readers and the virtual PSAM; start-up = fork to "
+            f"the READY=1 datagram on our NOTIFY_SOCKET. Idle: {SETTLE_S:g} s after READY, CPU time from "
+            f"/proc/PID/stat (10 ms ticks) over {IDLE_S:g} s (BENCH_IDLE_S to change). Backlog: "
+            f"{BACKLOG_TAPS:,} taps (BENCH_STARTUP_TAPS) bulk-loaded into a queue file on "
+            f"{tempfile.gettempdir()}, {BACKLOG_ROUNDS} rounds (BENCH_STARTUP_ROUNDS) of each variant; "
+            "clean = the previous stop was close()/SIGTERM, unclean = SIGKILL while open; cold = sync + "
+            "POSIX_FADV_DONTNEED on the database, -wal and -shm. After a clean stop only the cheap checks "
+            "run before ready (the whole-file quick_check follows in the background); after an unclean "
+            "stop quick_check runs before ready."
+        ),
+    )
+
+
+def daemon_rows(tmp: Path, backlog: Backlog) -> list[dict[str, Any]]:
+    """The daemon on the virtual bench: fresh start-ups, idle figures, then start-ups holding the backlog."""
     rows: list[dict[str, Any]] = []
     with (
-        tempfile.TemporaryDirectory(prefix="sscard-bench-start-") as tmp,
         PcscdBench() as bench,
         VpcdLink(VirtualPsam.from_profile("demo-psam"), port=VPCD_PORTS[SAM_SLOT]),
     ):
@@ -91,7 +116,7 @@ def run() -> None:
             if status != 0:
                 raise BenchFailure(f"SIGTERM ended the daemon with status {status}")
             stops.append(seconds * 1000)
-        rows += backlog_rows(Path(tmp))
+        backlog_rows = daemon_backlog_rows(backlog)
     window = after.at - before.at
     stats = percentiles(startups)
     rows.append(
@@ -145,22 +170,7 @@ def run() -> None:
                 "p50": 100 * (pcscd_after - pcscd_before) / window,
             }
         )
-    write(
-        "startup",
-        rows,
-        notes=(
-            f"{STARTS} starts of `sscard run --config` (config/demo.toml, fresh state folder each, HTTP uplink "
-            "enabled with an empty queue) on pcscd with the vpcd readers and the virtual PSAM; start-up = fork to "
-            f"the READY=1 datagram on our NOTIFY_SOCKET. Idle: {SETTLE_S:g} s after READY, CPU time from "
-            f"/proc/PID/stat (10 ms ticks) over {IDLE_S:g} s (BENCH_IDLE_S to change). Backlog: "
-            f"{BACKLOG_TAPS:,} taps (BENCH_STARTUP_TAPS) bulk-loaded into a queue file on "
-            f"{tempfile.gettempdir()}, {BACKLOG_ROUNDS} rounds (BENCH_STARTUP_ROUNDS) of each variant; "
-            "clean = the previous stop was close()/SIGTERM, unclean = SIGKILL while open; cold = sync + "
-            "POSIX_FADV_DONTNEED on the database, -wal and -shm. After a clean stop only the cheap checks "
-            "run before ready (the whole-file quick_check follows in the background); after an unclean "
-            "stop quick_check runs before ready."
-        ),
-    )
+    return rows + backlog_rows
 
 
 # ----------------------------------------------------------------------------- backlog
@@ -178,6 +188,17 @@ def evict(path: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def warm(path: Path) -> None:
+    """Read the queue's files once, so every page is in the page cache (a terminal that just stopped)."""
+    for suffix in ("", "-wal"):
+        try:
+            with open(f"{path}{suffix}", "rb", buffering=0) as f:
+                while f.read(1 << 20):
+                    pass
+        except FileNotFoundError:
+            continue
 
 
 def kill_while_open(settings: QueueSettings) -> None:
@@ -218,11 +239,13 @@ def _measure(
             stop_before(stop)
             if cache == "cold":
                 evict(path)
+            else:
+                warm(path)
             samples[(stop, cache)].append(start() * 1000)
     return samples
 
 
-def _rows(what: str, samples: dict[tuple[str, str], list[float]], checked: dict[str, str]) -> list[dict[str, Any]]:
+def _rows(what: str, samples: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
     rows = []
     for (stop, cache), values in samples.items():
         stats = percentiles(values)
@@ -233,7 +256,6 @@ def _rows(what: str, samples: dict[tuple[str, str], list[float]], checked: dict[
             "n": stats["n"],
             "p50": stats["p50"],
             "max": stats["max"],
-            "checked": checked.get(stop, "?"),
         }
         if stop == "clean":
             row["target"] = f"<= {TARGET_MS:g} ms"
@@ -242,22 +264,35 @@ def _rows(what: str, samples: dict[tuple[str, str], list[float]], checked: dict[
     return rows
 
 
-def backlog_rows(tmp: Path) -> list[dict[str, Any]]:
-    """Queue open and daemon READY with the backlog, clean/unclean x warm/cold."""
+@dataclass(frozen=True)
+class Backlog:
+    """The queue file holding the backlog, shared by the queue and the daemon measurements."""
+
+    settings: QueueSettings
+    workdir: Path
+    load_s: float
+
+
+def make_backlog(tmp: Path) -> Backlog:
+    """Bulk-load the backlog (as the queue throughput benchmark does), then close it cleanly once."""
     workdir = tmp / "backlog"
     workdir.mkdir()
-    path = workdir / "queue.sqlite3"
-    settings = QueueSettings(path=path, max_taps=BENCH_MAX_TAPS, max_bytes=BENCH_MAX_BYTES)
-    load_s, _ = bulk_load(path, BACKLOG_TAPS)
+    settings = QueueSettings(path=workdir / "queue.sqlite3", max_taps=BENCH_MAX_TAPS, max_bytes=BENCH_MAX_BYTES)
+    load_s, _ = bulk_load(settings.path, BACKLOG_TAPS)
     TapQueue(settings).close()  # the bulk load was no clean stop of ours: one full check, then the marker
-    size_mib = path.stat().st_size / 2**20
+    return Backlog(settings, workdir, load_s)
+
+
+def queue_backlog_rows(backlog: Backlog) -> list[dict[str, Any]]:
+    """TapQueue() with the backlog, clean/unclean x warm/cold."""
+    settings = backlog.settings
     checked: dict[str, str] = {}
 
-    def queue_stop(kind: str) -> None:
+    def stop_before(kind: str) -> None:
         if kind == "unclean":
             kill_while_open(settings)
 
-    def queue_open() -> float:
+    def open_queue() -> float:
         started = time.perf_counter()
         queue = TapQueue(settings)
         seconds = time.perf_counter() - started
@@ -267,29 +302,35 @@ def backlog_rows(tmp: Path) -> list[dict[str, Any]]:
         queue.close()
         return seconds
 
-    queue_samples = _measure(BACKLOG_ROUNDS, path, queue_stop, queue_open)
-    rows = _rows("TapQueue() open to ready", queue_samples, checked)
-    rows[0]["file_mib"] = round(size_mib, 1)
-    rows[0]["bulk_load_s"] = round(load_s, 1)
+    rows = _rows("TapQueue() open to ready", _measure(BACKLOG_ROUNDS, settings.path, stop_before, open_queue))
+    for row in rows:
+        row["checked"] = checked.get(row["variant"].split()[0], "?")
+    rows[0]["file_mib"] = round(settings.path.stat().st_size / 2**20, 1)
+    rows[0]["bulk_load_s"] = round(backlog.load_s, 1)
+    return rows
 
+
+def daemon_backlog_rows(backlog: Backlog) -> list[dict[str, Any]]:
+    """`sscard run` to READY=1 with the backlog as its queue, clean/unclean x warm/cold (needs the bench)."""
+    workdir = backlog.workdir / "daemon"
     config = write_config(
-        workdir / "daemon",
-        queue_path=path,
+        workdir,
+        queue_path=backlog.settings.path,
         http_url=CLOSED_PORT_URL,
         max_taps=BENCH_MAX_TAPS,
         max_bytes=BENCH_MAX_BYTES,
     )
 
-    def daemon_stop(kind: str) -> None:
+    def stop_before(kind: str) -> None:
         if kind == "unclean":
-            daemon = DaemonProcess(config, workdir / "daemon")
+            daemon = DaemonProcess(config, workdir)
             daemon.start()
             assert daemon.process is not None
             daemon.process.kill()
             daemon.stop()
 
-    def daemon_ready() -> float:
-        daemon = DaemonProcess(config, workdir / "daemon")
+    def ready() -> float:
+        daemon = DaemonProcess(config, workdir)
         try:
             seconds = daemon.start()
         finally:
@@ -298,8 +339,7 @@ def backlog_rows(tmp: Path) -> list[dict[str, Any]]:
             raise BenchFailure(f"SIGTERM ended the daemon with status {status}")
         return seconds
 
-    daemon_samples = _measure(BACKLOG_ROUNDS, path, daemon_stop, daemon_ready)
-    return rows + _rows("`sscard run` fork to READY=1", daemon_samples, checked)
+    return _rows("`sscard run` fork to READY=1", _measure(BACKLOG_ROUNDS, backlog.settings.path, stop_before, ready))
 
 
 if __name__ == "__main__":

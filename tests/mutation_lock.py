@@ -4,7 +4,7 @@ The bench has one pcscd with vpcd on fixed ports, shared by every test run on th
 and `flock /tmp/sscard-pcscd.lock` is how runs take turns. A mutation run starts one pytest
 run per mutant; holding the lock for the whole of it would shut every other run out for an
 hour, and taking it for mutants that only run pure tests would make them wait for nothing.
-So the lock is taken when the session's `pcscd` fixture is first set up, and released when
+So the lock is taken when the `pcscd` fixture is first set up, and released when
 that pytest run ends. A caller that already holds the lock for a whole short mutation run
 (`flock /tmp/sscard-pcscd.lock mutmut run NAMES`) sets SSCARD_PCSCD_LOCK_HELD=1: a second
 flock(2) from a child process would wait on the parent's lock for ever.

@@ -332,19 +332,25 @@ class TapQueue:
         except (OSError, UnicodeDecodeError) as exc:
             self._log.warning("queue_clean_marker_unreadable", error=str(exc))
             text = ""
-        marker.unlink()
-        _fsync_dir(self._path.parent)
+        try:
+            marker.unlink()
+            _fsync_dir(self._path.parent)
+        except OSError as exc:
+            # Left in place, it would make a crash from here on read as a clean stop.
+            raise QueueStorageError(f"cannot remove the clean-shutdown marker {marker}: {exc}") from exc
         try:
             recorded = json.loads(text)
-        except json.JSONDecodeError:
-            recorded = None
+        except json.JSONDecodeError as exc:
+            self._log.warning("queue_clean_marker_unreadable", error=str(exc))
+            return False
         try:
             current = _file_identity(self._path)
         except FileNotFoundError:
             return False
-        if not self._wal_is_empty():
+        if recorded != current or not self._wal_is_empty():
+            self._log.warning("queue_clean_marker_stale", marker=recorded, file=current)
             return False
-        return bool(recorded == current)
+        return True
 
     def _leave_clean_marker(self) -> None:
         """Write the marker after the last connection closed; skipped when the close was not clean.
@@ -1032,6 +1038,8 @@ def _probe_problem(conn: sqlite3.Connection) -> str | None:
     objects = conn.execute(
         "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE type IN ('table', 'index') AND rootpage > 0"
     ).fetchall()
+    if not objects:
+        return None  # no schema yet (created right after), as the whole-file check would also pass it
     tables = {name: str(sql or "") for kind, name, _, sql in objects if kind == "table"}
     missing = [name for name in _REQUIRED_TABLES if name not in tables]
     if missing:

@@ -168,11 +168,11 @@ def test_a_hotlisted_card_is_refused_at_gates_and_pos(psam: TearingCard, tmp_pat
         served = terminal.tap(card).record
         assert (served["result"], served["reason"]) == ("accepted", "ok")
         assert terminal.daemon is not None and terminal.daemon.services is not None
-        terminal.daemon.services.hotlist.install(encode_hotlist("mutants-1", [bytes.fromhex(served["card_token"])]))
+        terminal.daemon.services.hotlist.install(encode_hotlist(1, [bytes.fromhex(served["card_token"])]))
         refused = terminal.tap(card)
     record = refused.record
     assert (record["result"], record["reason"]) == ("denied", "hotlisted")
-    assert record["hotlist_version"] == "mutants-1"
+    assert record["hotlist_version"] == "1"
     assert not refused.signals[0].open_gate
 
 

@@ -42,6 +42,10 @@ sam = "virtual pcd 00 01"
 """
 
 
+HOTLIST_KEY = 'public_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"'
+"""A valid Ed25519 public key (RFC 8032 test 1): a hotlist source needs one."""
+
+
 @dataclass(frozen=True)
 class Case:
     """How to break the base file, and the start of the one line after "FILE: "."""
@@ -194,7 +198,9 @@ CASES: dict[str, Case] = {
         "uplink.mqtt.tls.client_cert_file: {file} holds no certificate",
     ),
     "hotlist CA missing": append(
-        '[hotlist]\nsource = "http"\nhttp_url = "https://bo.example/hotlist"\n[hotlist.tls]\nca_file = "{tmp}/x.pem"',
+        '[hotlist]\nsource = "http"\nhttp_url = "https://bo.example/hotlist"\n'
+        + HOTLIST_KEY
+        + '\n[hotlist.tls]\nca_file = "{tmp}/x.pem"',
         "hotlist.tls.ca_file: cannot read",
     ),
     # Values the daemon would refuse only at start or at the first tap.
@@ -216,7 +222,8 @@ CASES: dict[str, Case] = {
         '[uplink.http]\nenabled = true\nurl = "https://"', "uplink.http.url: must be an http(s) URL"
     ),
     "hotlist url without host": append(
-        '[hotlist]\nsource = "http"\nhttp_url = "http:///hotlist"', "hotlist.http_url: must be an http(s) URL"
+        '[hotlist]\nsource = "http"\nhttp_url = "http:///hotlist"\n' + HOTLIST_KEY,
+        "hotlist.http_url: must be an http(s) URL",
     ),
     "signature header with a space": append(
         '[uplink.http]\nenabled = true\nurl = "https://bo.example/t"\nsignature_header = "X Sig"',

@@ -332,7 +332,7 @@ def test_sighup_reloads_the_hotlist_and_the_fare(terminal: Terminal, tmp_path: P
 
     # The back office lists the Sichuan card, and the fare changes: both land on disk, then SIGHUP.
     token = card_token(terminal.token_key, sichuan.profile.ssse.card_number)
-    document = encode_hotlist("v2", [bytes.fromhex(token)])
+    document = encode_hotlist(2, [bytes.fromhex(token)])
     staging = terminal.state / "hotlist.new"
     staging.write_bytes(document)
     os.replace(staging, terminal.state / "hotlist.bin")
@@ -341,7 +341,7 @@ def test_sighup_reloads_the_hotlist_and_the_fare(terminal: Terminal, tmp_path: P
     terminal.send(signal.SIGHUP)
     reloading = manager.wait_for(lambda f: f.get("RELOADING") == "1", after=first)
     reloaded = manager.wait_for(lambda f: f.get("READY") == "1", after=reloading)
-    assert manager.received[reloaded].fields["STATUS"].endswith("hotlist v2")
+    assert manager.received[reloaded].fields["STATUS"].endswith("hotlist 2")
 
     with presented(sichuan):
         second = manager.wait_for(lambda f: queue_depth(f) == 2, after=reloaded)
@@ -352,7 +352,7 @@ def test_sighup_reloads_the_hotlist_and_the_fare(terminal: Terminal, tmp_path: P
 
     before, hotlisted, charged = terminal.taps()
     assert (before["result"], before["fare"], before["hotlist_version"]) == ("accepted", 200, None)
-    assert (hotlisted["result"], hotlisted["reason"], hotlisted["hotlist_version"]) == ("denied", "hotlisted", "v2")
+    assert (hotlisted["result"], hotlisted["reason"], hotlisted["hotlist_version"]) == ("denied", "hotlisted", "2")
     assert hotlisted["card_token"] == token and hotlisted["balance_after"] is None
     assert (charged["result"], charged["fare"]) == ("accepted", 150)
     assert charged["balance_after"] == charged["balance_before"] - 150

@@ -348,3 +348,42 @@ def test_a_corrupt_page_met_while_running_refuses_the_tap_as_out_of_service(stat
     with pytest.raises(sqlite3.DatabaseError, match="malformed"):
         list(queue.iter_taps())
     queue.close()
+
+
+# -- the background check itself -------------------------------------------------------------
+
+
+def test_background_check_passes_a_sound_file_and_the_clean_stop_is_kept(state_dir: Path) -> None:
+    settings = _settings(state_dir)
+    _fill(settings)
+    queue = TapQueue(settings)
+    assert queue.wait_for_background_check(30)
+    assert queue.background_problem is None
+    assert queue.status().incidents == []
+    queue.close()
+    assert _marker(settings).exists()
+
+
+def test_close_stops_a_running_background_check(state_dir: Path) -> None:
+    settings = _settings(state_dir)
+    _fill(settings, 30_000)
+    queue = TapQueue(settings)
+    queue.close()
+    assert queue.wait_for_background_check(0)  # finished (interrupted or done) before close returned
+    assert queue.background_problem is None  # an interrupted check is no finding
+    assert _marker(settings).exists()
+    queue = TapQueue(settings)
+    assert queue.previous_stop == "clean"
+    queue.close()
+
+
+def test_no_background_check_after_an_unclean_stop_or_when_switched_off(state_dir: Path) -> None:
+    settings = _settings(state_dir, after_clean_stop="cheap")
+    _fill(settings, 10)
+    queue = TapQueue(settings)
+    assert queue.open_check == "cheap" and queue._background is None
+    queue.close()
+    _kill_while_open(settings)
+    queue = TapQueue(_settings(state_dir))
+    assert queue.open_check == "quick_check" and queue._background is None  # it already checked everything
+    queue.close()

@@ -226,9 +226,9 @@ def test_an_unsorted_list_is_refused(store: HotlistStore) -> None:
     before = store.path.read_bytes()
     ordered = sorted(ENTRIES)
     for body in (
-        b"".join(ordered[:50] + [ordered[51], ordered[50]] + ordered[52:]),
-        b"".join(ordered[:50] + [ordered[50]] + ordered[50:199]),  # a duplicate
-        b"".join([ordered[0][:8] + b"\xff" * 8, ordered[0][:8] + bytes(8)] + ordered[1:199]),  # tie on the top half
+        b"".join([*ordered[:50], ordered[51], ordered[50], *ordered[52:]]),
+        b"".join([*ordered[:50], ordered[50], *ordered[50:199]]),  # a duplicate
+        b"".join([ordered[0][:8] + b"\xff" * 8, ordered[0][:8] + bytes(8), *ordered[1:199]]),  # tie on the top half
     ):
         with pytest.raises(HotlistFormatError, match="ascending"):
             store.receive(signed(wire_header(1, 11, 0, 200, 200, 0), body), BACK_OFFICE.public_key())
@@ -398,7 +398,8 @@ def test_a_sync_without_a_key_does_not_start(tmp_path: Path) -> None:
 
 
 def _http_settings(url: str, **extra: object) -> HotlistSettings:
-    return HotlistSettings.model_validate({"source": "http", "http_url": url, "public_key": RFC8032_PUBLIC.hex(), **extra})
+    values = {"source": "http", "http_url": url, "public_key": RFC8032_PUBLIC.hex(), **extra}
+    return HotlistSettings.model_validate(values)
 
 
 def test_http_sync_takes_full_lists_and_deltas(tmp_path: Path, backoffice: BackOfficeServer) -> None:

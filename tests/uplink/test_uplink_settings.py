@@ -22,6 +22,9 @@ from reader.uplink.settings import (
     TlsSettings,
 )
 
+RFC8032_KEY = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+"""RFC 8032 test 1's Ed25519 public key: a hotlist source needs one."""
+
 
 class Composed(BaseModel):
     """What a configuration loader would build from its TOML sections."""
@@ -65,6 +68,7 @@ def test_composed_from_toml_with_secrets_as_paths() -> None:
     [hotlist]
     source = "http"
     http_url = "https://ingest.example/v1/hotlist"
+    public_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
     """
     config = Composed.model_validate(tomllib.loads(text))
     assert config.queue.max_taps == 100_000
@@ -100,7 +104,10 @@ def test_one_uplink_per_queue(queue: TapQueue, tmp_path: Path) -> None:
     assert create_uplink(queue, http=HttpUplinkSettings(), mqtt=MqttUplinkSettings(), terminal_id="VAL-1") is None
     store = HotlistStore(tmp_path / "hotlist.bin")
     sync = create_hotlist_sync(
-        store, HotlistSettings(source="http", http_url="http://127.0.0.1:9/h"), mqtt=mqtt, terminal_id="VAL-1"
+        store,
+        HotlistSettings(source="http", http_url="http://127.0.0.1:9/h", public_key=RFC8032_KEY),
+        mqtt=mqtt,
+        terminal_id="VAL-1",
     )
     assert isinstance(sync, HttpHotlistSync)
     assert create_hotlist_sync(store, HotlistSettings(), mqtt=mqtt, terminal_id="VAL-1") is None
