@@ -2,7 +2,8 @@
 
 `sscard run --config` runs as a child with a notify socket of ours (bench/daemon_process.py),
 on the virtual bench: pcscd with the vpcd readers, the virtual PSAM in slot 1, no card in
-slot 0, the HTTP uplink enabled with nothing to send. Start-up is measured from just before
+slot 0, the demo's HTTP uplink (config/demo.toml: a loopback URL where nothing listens, so a
+batch to send fails at connect and backs off). Start-up is measured from just before
 the fork to the READY=1 datagram, on a fresh state folder each time (the queue and the
 journal are created, as on a new terminal).
 
@@ -49,7 +50,6 @@ from reader.uplink.settings import QueueSettings
 STARTS = 5
 IDLE_S = float(os.environ.get("BENCH_IDLE_S", "10"))
 SETTLE_S = 2.0
-CLOSED_PORT_URL = "http://127.0.0.1:9/taps"
 SAM_SLOT = VPCD_READERS[1]
 BACKLOG_TAPS = int(os.environ.get("BENCH_STARTUP_TAPS", "1000000"))
 BACKLOG_ROUNDS = int(os.environ.get("BENCH_STARTUP_ROUNDS", "3"))
@@ -71,10 +71,10 @@ def run() -> None:
         "startup",
         rows + backlog_rows,
         notes=(
-            f"{STARTS} starts of `sscard run --config` (config/demo.toml, fresh state folder each, HTTP uplink "
-            "enabled with an empty queue) on pcscd with the vpcd readers and the virtual PSAM; start-up = fork to "
-            f"the READY=1 datagram on our NOTIFY_SOCKET. Idle: {SETTLE_S:g} s after READY, CPU time from "
-            f"/proc/PID/stat (10 ms ticks) over {IDLE_S:g} s (BENCH_IDLE_S to change). Backlog: "
+            f"{STARTS} starts of `sscard run --config` (config/demo.toml, fresh state folder each, the demo's HTTP "
+            "uplink at a loopback port where nothing listens) on pcscd with the vpcd readers and the virtual PSAM; "
+            f"start-up = fork to the READY=1 datagram on our NOTIFY_SOCKET. Idle: {SETTLE_S:g} s after READY, "
+            f"CPU time from /proc/PID/stat (10 ms ticks) over {IDLE_S:g} s (BENCH_IDLE_S to change). Backlog: "
             f"{BACKLOG_TAPS:,} taps (BENCH_STARTUP_TAPS) bulk-loaded into a queue file on "
             f"{tempfile.gettempdir()}, {BACKLOG_ROUNDS} rounds (BENCH_STARTUP_ROUNDS) of each variant; "
             "clean = the previous stop was close()/SIGTERM, unclean = SIGKILL while open; cold = sync + "
@@ -98,7 +98,7 @@ def daemon_rows(tmp: Path, backlog: Backlog) -> list[dict[str, Any]]:
         stops: list[float] = []
         for n in range(STARTS):
             workdir = Path(tmp) / f"start-{n}"
-            daemon = DaemonProcess(write_config(workdir, http_url=CLOSED_PORT_URL), workdir)
+            daemon = DaemonProcess(write_config(workdir), workdir)
             try:
                 startups.append(daemon.start() * 1000)
                 if n == STARTS - 1:
@@ -316,7 +316,6 @@ def daemon_backlog_rows(backlog: Backlog) -> list[dict[str, Any]]:
     config = write_config(
         workdir,
         queue_path=backlog.settings.path,
-        http_url=CLOSED_PORT_URL,
         max_taps=BENCH_MAX_TAPS,
         max_bytes=BENCH_MAX_BYTES,
     )

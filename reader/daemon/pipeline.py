@@ -609,9 +609,14 @@ class TapPipeline:
             recovered=recovered,
             overdraft_allowance=seen.allowance,
         )
+        mark: tuple[CardMark, dt.datetime] | None = None
         if result.mac2_rejected and not recovered:
+            # The card's answer to DEBIT does not verify under the PSAM's session key: not a
+            # genuine card (or a relay). The record keeps the fare and the TAC for the back
+            # office; the card is refused at once within the passback window, never charged again.
             log.error("tap_mac2_invalid", error=str(result.mac2_error))
             decision = Decision(Outcome.DENIED, Reason.MAC2_INVALID, decision.fare)
+            mark = (CardMark.NOT_GENUINE, when or self.services.now())
         elif not result.mac2_verified:
             # The PSAM did not answer, answered garbage, or (for a recovered debit) lost the
             # purchase session to other taps meanwhile: the card has debited and its TAC
@@ -627,7 +632,7 @@ class TapPipeline:
             record_tap_id=tap_id,
             record_time=when,
             serial=result.application_serial,
-            mark=(CardMark.PAID, paid_at) if decision.accepted else None,
+            mark=(CardMark.PAID, paid_at) if decision.accepted else mark,
         )
 
     def _recover(

@@ -50,7 +50,7 @@ from typing import Any, Literal
 from reader.backends.pcsc import wait_for_presence
 from reader.sim.card import VirtualCard
 from reader.sim.faults import Fault, FaultKind, FaultyChip, kill_and_wait
-from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS
+from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS, pcscd_is_serving
 from reader.sim.psam import VirtualPsam
 from reader.sim.vpcd import VpcdLink
 from reader.uplink.queue import TapQueue
@@ -519,6 +519,18 @@ def _second(record: dict[str, Any]) -> dt.datetime:
     return dt.datetime.fromisoformat(record["time"]).replace(tzinfo=None, microsecond=0)
 
 
+def _claims_money(record: dict[str, Any]) -> bool:
+    """A record that says the card paid: an accepted or unconfirmed fare, or a debit refused as a ride.
+
+    A MAC2 the PSAM rejects (`denied / mac2_invalid`) is a debit whose answer is not genuine:
+    the ride is refused, but the record carries the fare and the TAC, so the back office sees
+    the card's money.
+    """
+    if record["result"] in ("accepted", "unconfirmed"):
+        return (record["fare"] or 0) > 0
+    return record["reason"] == "mac2_invalid" and record.get("tac") is not None
+
+
 def judge(
     name: str,
     before: Purse,
@@ -542,7 +554,7 @@ def judge(
     if must_pay and verdict.debits != 1:
         verdict.violations.append(f"the card paid {verdict.debits} times for one ride (expected once)")
     debit_times = {record.atc: record.time for record in after.transactions if record.atc in debit_atcs and record.time}
-    money = [r for r in records if r["result"] in ("accepted", "unconfirmed") and (r["fare"] or 0) > 0]
+    money = [r for r in records if _claims_money(r)]
     claims: Counter[int] = Counter()
     for record in money:
         if record.get("atc") is None:
@@ -575,7 +587,9 @@ def judge(
     paid_taps = {r["tap_id"] for r in money}
     lost_seconds = {debit_times[a] for a in debit_atcs if claims[a] == 0 and a in debit_times}
     for record in records:
-        if record["result"] == "denied" and (record["tap_id"] in paid_taps or _second(record) in lost_seconds):
+        if record["result"] == "denied" and not _claims_money(record) and (
+            record["tap_id"] in paid_taps or _second(record) in lost_seconds
+        ):
             verdict.violations.append(f"denied record ({record['reason']}) for a tap in which the card paid")
     if observed.returned:
         unconfirmed = [r for r in money if r["result"] == "unconfirmed"]
@@ -962,6 +976,10 @@ def random_kills(root: Path, psam: FaultyChip, count: int, budget_s: float, seed
         tap_seconds = _clean_tap_seconds(daemon, card)
         taps += 1
         while kills < count and time.monotonic() - started < budget_s:
+            if not pcscd_is_serving():
+                # Taps against a bench without pcscd would only count kills of an idle daemon.
+                observed.notes.append(f"pcscd stopped serving after {kills} kills: the run is cut short")
+                break
             delay = rng.uniform(0.0, tap_seconds * 1.2)
             ends = daemon.tap_ends()
             pid = daemon.pid

@@ -39,6 +39,8 @@ SLICE = (
     "crash-record_committed-gone",
     "crash-journal_cleared-returns",
     "card-debit-status_9302-gone",
+    "psam-mac2-status_9302-returns",
+    "psam-mac2-status_9302-gone",
     "overdraft-returns",
     "disk_full-returns",
     "disk_full_after_tear-gone",
