@@ -37,15 +37,20 @@ def write_config(
 ) -> Path:
     """config/demo.toml with its state in `workdir`, a fresh token key, and the given queue and uplink.
 
-    The demo file has no [queue] or [uplink] table, so they are appended; the key and the
-    state folder replace the demo's placeholders.
+    The demo's own [uplink.*] tables (its embedded back office) are left out, and [queue] and
+    [uplink.http] appended as given; the key and the state folder replace the demo's placeholders.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "token.key"
     key.write_text(secrets.token_hex(32))
     text = DEMO_CONFIG.read_text(encoding="utf-8")
     lines = []
+    in_uplink = False
     for line in text.splitlines():
+        if line.startswith("["):
+            in_uplink = line.startswith("[uplink")
+        if in_uplink:
+            continue
         if line.startswith("token_key"):
             line = f'token_key = "file:{key}"\nstate_dir = "{workdir / "state"}"'
         lines.append(line)

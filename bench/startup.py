@@ -80,7 +80,7 @@ def run() -> None:
             "clean = the previous stop was close()/SIGTERM, unclean = SIGKILL while open; cold = sync + "
             "POSIX_FADV_DONTNEED on the database, -wal and -shm. After a clean stop only the cheap checks "
             "run before ready (the whole-file quick_check follows in the background); after an unclean "
-            "stop quick_check runs before ready."
+            "stop the file is read ahead sequentially, then quick_check runs before ready."
         ),
     )
 

@@ -19,6 +19,7 @@ not charge a card twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -26,12 +27,13 @@ import hashlib
 import hmac
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from protocols.purchase import Recovery
 from reader.log import get_logger
+from reader.uplink.errors import QueueStorageError
 from reader.uplink.queue import TapQueue
 
 log = get_logger(component="journal")
@@ -123,6 +125,15 @@ class Journal:
             for statement in _SCHEMA:
                 conn.execute(statement)
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The queue's connection for a lookup; a damaged file is a storage error (out of service)."""
+        try:
+            with self._queue.read() as conn:
+                yield conn
+        except sqlite3.Error as error:
+            raise QueueStorageError(f"cannot read the journal: {error}") from error
+
     def purse(self, serial: str) -> str:
         """The keyed digest that stands for the e-purse `serial` in the journal."""
         return hmac.new(self._key, b"purse:" + serial.encode("ascii"), hashlib.sha256).hexdigest()
@@ -153,13 +164,13 @@ class Journal:
 
     def pending(self, serial: str) -> PendingDebit | None:
         """The pending debit of the purse `serial`, if any (its recovery carries the serial)."""
-        with self._queue.read() as conn:
+        with self._reading() as conn:
             row = conn.execute(f"{_SELECT_PENDING} WHERE purse = ?", (self.purse(serial),)).fetchone()
         return None if row is None else _pending(row, serial)
 
     def all_pending(self) -> list[PendingDebit]:
         """Every pending debit, oldest first; their recoveries carry no serial (masked beside)."""
-        with self._queue.read() as conn:
+        with self._reading() as conn:
             rows = conn.execute(f"{_SELECT_PENDING} ORDER BY created_at").fetchall()
         return [_pending(row, "") for row in rows]
 
@@ -198,7 +209,7 @@ class Journal:
 
     def last(self, token: str, kind: CardMark) -> dt.datetime | None:
         """When the card `token` was last marked `kind` here (within the kept window)."""
-        with self._queue.read() as conn:
+        with self._reading() as conn:
             row = conn.execute(
                 "SELECT at FROM recent_cards WHERE token = ? AND kind = ?", (token, kind.value)
             ).fetchone()

@@ -26,10 +26,12 @@ Why SQLite, and why these settings:
   removes it (durably) before anything is written. A kill -9 or a power cut therefore
   leaves no marker, and the next start runs the whole-file check (quick_check or
   integrity_check) before READY: after a crash the file must be trusted before a debit is
-  journalled into it. After a clean stop only cheap checks run before READY (page 1
-  header, the schema, both ends of every b-tree, the totals row): a few dozen page reads
-  instead of every page, so a cold start with a million taps stays within a second. The
-  whole-file check then runs in a background thread on a read-only connection.
+  journalled into it. The file is read ahead sequentially first (when it fits in memory),
+  so a cold check costs about one sequential read rather than one seek per page. After a
+  clean stop only cheap checks run before READY (page 1 header, the schema, both ends of
+  every b-tree, the totals row): a few dozen page reads instead of every page, so a cold
+  start with a million taps stays within a second. The whole-file check then runs in a
+  background thread on a read-only connection.
 - A file that fails its check at open is renamed aside (never deleted or overwritten),
   logged, and recorded in the new file's incident table. Corruption found by the
   background check cannot be moved aside while the daemon writes (its connections, and
@@ -234,6 +236,8 @@ class TapQueue:
         self.open_check: Literal["none", "cheap", "quick_check", "integrity_check"] = "none"
         # The background whole-file check after a clean stop: its finding, once it has one.
         self.background_problem: str | None = None
+        # Bytes read ahead of the whole-file check at open (0: none, or it would not fit in memory).
+        self.prefetched_bytes = 0
         self._background: threading.Thread | None = None
         self._background_conn: sqlite3.Connection | None = None
         self._background_lock = threading.Lock()
@@ -281,6 +285,8 @@ class TapQueue:
                 problem = self._cheap_problem()
             else:
                 self.open_check = "integrity_check" if self._settings.integrity_check == "full" else "quick_check"
+                if self._settings.prefetch_before_check:
+                    self.prefetched_bytes = self._prefetch()
                 problem = self._integrity_problem()
         if problem is not None:
             if on_corrupt != "move_aside":
@@ -391,6 +397,39 @@ class TapQueue:
             return True
 
     # -- checks at open and in the background --------------------------------------------
+
+    def _prefetch(self) -> int:
+        """Read the database and its WAL once, start to end, before the whole-file check; bytes read.
+
+        quick_check visits pages in b-tree order, one page per read: from a cold page cache
+        that took 16 s for a million taps (715 MB) on the bench disk, against 1.2 s to read
+        the file sequentially (the kernel reads ahead in large chunks) and 0.4 s for the
+        check on cached pages. A file larger than half the memory available would push its
+        own first pages out before the check reached them, so it is left alone.
+        """
+        files = [Path(f"{self._path}{suffix}") for suffix in ("", "-wal")]
+        try:
+            total = sum(path.stat().st_size for path in files if path.exists())
+        except OSError as exc:
+            self._log.warning("queue_prefetch_skipped", reason=str(exc))
+            return 0
+        available = _memory_available()
+        if available is None or total > available // 2:
+            self._log.info("queue_prefetch_skipped", bytes=total, memory_available=available)
+            return 0
+        done = 0
+        buffer = bytearray(1 << 20)
+        for path in files:
+            try:
+                f = path.open("rb", buffering=0)
+            except FileNotFoundError:
+                continue
+            with f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                while n := f.readinto(buffer):
+                    done += n
+        self._log.info("queue_prefetched", bytes=done)
+        return done
 
     def _cheap_problem(self) -> str | None:
         """What the cheap checks after a clean stop find wrong, or None.
@@ -985,6 +1024,18 @@ def _free_bytes(directory: Path) -> int:
     except OSError:
         return -1
     return st.f_bavail * st.f_frsize
+
+
+def _memory_available() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes; None where the kernel does not say."""
+    try:
+        text = Path("/proc/meminfo").read_text(encoding="ascii")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def _file_identity(path: Path) -> dict[str, int]:

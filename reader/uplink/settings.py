@@ -45,6 +45,13 @@ class QueueSettings(_Settings):
             "or the whole-file check before READY as after an unclean stop"
         ),
     )
+    prefetch_before_check: bool = Field(
+        default=True,
+        description=(
+            "read the file sequentially before a whole-file check that READY waits for, when it fits in "
+            "half the memory available: the check's page-by-page reads then come from the page cache"
+        ),
+    )
     reclaim_after_pages: int = Field(
         default=1024, ge=1, description="run an incremental vacuum once this many pages are free"
     )

@@ -89,7 +89,7 @@ def _kill_while_open(settings: QueueSettings) -> None:
         from tests.support.taps import tap_record
         configure_logging("error")
         queue = TapQueue(QueueSettings(path=Path({str(settings.path)!r}), min_free_bytes=0))
-        queue.enqueue(tap_record(10**6))
+        queue.enqueue(tap_record(time.time_ns() % 10**9, run=9))  # an id no other child used
         print("ready", flush=True)
         time.sleep(60)
         """
@@ -386,4 +386,22 @@ def test_no_background_check_after_an_unclean_stop_or_when_switched_off(state_di
     _kill_while_open(settings)
     queue = TapQueue(_settings(state_dir))
     assert queue.open_check == "quick_check" and queue._background is None  # it already checked everything
+    queue.close()
+
+
+def test_whole_file_check_after_an_unclean_stop_reads_the_file_ahead(state_dir: Path) -> None:
+    settings = _settings(state_dir)
+    _fill(settings)
+    _kill_while_open(settings)
+    on_disk = settings.path.stat().st_size + Path(f"{settings.path}-wal").stat().st_size
+    queue = TapQueue(settings)
+    assert queue.open_check == "quick_check"
+    assert queue.prefetched_bytes == on_disk
+    queue.close()
+    _kill_while_open(settings)
+    queue = TapQueue(_settings(state_dir, prefetch_before_check=False))
+    assert queue.open_check == "quick_check" and queue.prefetched_bytes == 0
+    queue.close()
+    queue = TapQueue(settings)  # clean stop: the cheap checks read no file ahead
+    assert queue.open_check == "cheap" and queue.prefetched_bytes == 0
     queue.close()
