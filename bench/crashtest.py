@@ -8,7 +8,7 @@ SIGKILLed at a random moment of each and restarted, bounded by `--kill-budget` s
 The judge is tests/daemon/matrix.py; the details (every failed case with its records and
 violations) go to bench/results/crashtest.json, and one line is printed:
 
-    crashtest: P points x F faults = N cases, V violations, L lost, D double, C crash loops
+    crashtest: P points x F faults = N cases, R runs judged, V violations, L lost, D double, C crash loops
 
 P x F = N is the matrix proper (commands x fault kinds); V, L, D and C count over
 everything that ran: both endings of every case, the crash points, the named cases and the
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.stop()
     points = len(card_points) + len(psam_points)
     line = matrix.count_summary(verdicts, points, len(matrix.FAULT_KINDS))
+    if kills is not None:
+        line += f"; {kills.kills} random kills ({kills.mid_tap} during a tap) over {kills.taps} taps"
     RESULTS.mkdir(parents=True, exist_ok=True)
     document = {
         "summary": line,

@@ -181,8 +181,22 @@ class Case:
         )
 
     @property
+    def refuses_mac1(self) -> bool:
+        """The card answers DEBIT with 9302: not genuine, refused again within the window, never paying."""
+        return (
+            self.point is not None
+            and self.point.ins == INS_DEBIT
+            and self.point.side == "card"
+            and self.fault is not None
+            and self.fault.kind is FaultKind.STATUS
+            and self.fault.sw == 0x9302
+        )
+
+    @property
     def must_pay(self) -> bool:
-        """A card that came back, or met no fault at all, rides once and pays once."""
+        """A card that came back, or met no fault at all, rides once and pays once (a clone never does)."""
+        if self.refuses_mac1:
+            return False
         return self.returns or (self.fault is None and self.crash_at is None and not self.disk_full)
 
     @property
@@ -1043,6 +1057,6 @@ def count_summary(verdicts: list[Verdict], points: int, faults: int) -> str:
     double = sum(v.double for v in verdicts)
     loops = sum(v.crash_loop for v in verdicts)
     return (
-        f"crashtest: {points} points x {faults} faults = {points * faults} cases, "
+        f"crashtest: {points} points x {faults} faults = {points * faults} cases, {len(verdicts)} runs judged, "
         f"{violations} violations, {lost} lost, {double} double, {loops} crash loops"
     )
