@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from reader.backends.base import Reader, ReaderError
 from reader.backends.loop import ReaderLoop
 from reader.backends.nfc import NfcReader
@@ -39,6 +41,7 @@ from reader.service.notify import NotifyError, SystemdNotifier, watchdog_interva
 from reader.uplink import create_hotlist_sync, create_uplink
 from reader.uplink.errors import HotlistFormatError, UplinkError
 from reader.uplink.hotlist import HotlistStore
+from reader.uplink.hotlist import public_key as hotlist_public_key
 from reader.uplink.queue import TapQueue
 from reader.uplink.worker import UplinkWorker
 
@@ -67,6 +70,12 @@ def _private_directory(path: Path) -> None:
         path.chmod(0o700)
     elif path.stat().st_mode & 0o077:
         log.warning("state_directory_readable_by_others", path=str(path), mode=oct(path.stat().st_mode & 0o777))
+
+
+def _hotlist_key(config: Config) -> Ed25519PublicKey | None:
+    """The back office's key, so a signed list dropped at the hotlist path is checked on SIGHUP too."""
+    raw = config.hotlist.public_key_bytes()
+    return None if raw is None else hotlist_public_key(raw)
 
 
 def default_readers(config: Config) -> tuple[list[Reader], Reader | None]:
@@ -131,7 +140,7 @@ class Daemon:
             config=config,
             token_key=token_key,
             queue=queue,
-            hotlist=HotlistStore(config.hotlist.path),
+            hotlist=HotlistStore(config.hotlist.path, public_key=_hotlist_key(config)),
             journal=journal,
             psam=SamSlot(self.sam_reader) if self.sam_reader is not None else None,
             feedback=feedback,
