@@ -77,6 +77,7 @@ def pty_path() -> Iterator[str]:
 
 def test_readers_gives_each_slot_its_role_and_card(present: Present) -> None:
     present(CountingCard(), SLOT0)
+    assert wait_for_presence(SLOT0, present=True), "pcscd never saw the card"  # roles, not latency
     result = sscard_process("readers", "--json")
     assert result.returncode == 0, result.stderr
     rows = rows_of(result)
