@@ -16,6 +16,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy protocols reader/daemon
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -37,6 +38,7 @@ mutation: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy protocols reader/daemon
+	$(BIN)/lint-imports
 
 debs:
 	@missing=$$(for p in $(DEBS); do \

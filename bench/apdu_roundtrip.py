@@ -14,10 +14,9 @@ from smartcard import scard
 from bench.report import percentiles, write
 from bench.trace import TracedCard, TraceLog
 from protocols.tunion import get_balance, select_tunion
-from reader.backends.pcsc import wait_for_presence
-from reader.sim.card import VirtualCard
-from reader.sim.pcscd import VPCD_PORTS, PcscdBench
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.card import VirtualCard
+from sscard_sim.pcscd import VPCD_PORTS, PcscdBench, wait_for_presence
+from sscard_sim.vpcd import VpcdLink
 
 READER = "Virtual PCD 00 00"
 N = 1000

@@ -1,7 +1,7 @@
 """`make crashtest`: the whole crash-point and fault matrix, then taps under random SIGKILLs.
 
 Every command of a bus tap (traced on the bench, card and PSAM) meets every fault kind of
-reader/sim/faults.py, each case once with the card coming back and once with the card gone
+sscard_sim/faults.py, each case once with the card coming back and once with the card gone
 past the tearing window; every crash point of the pipeline, and the named cases (a clone's
 MAC1, the overdraft, a full disk) likewise. Then `--kills` taps in a loop, the daemon
 SIGKILLed at a random moment of each and restarted, bounded by `--kill-budget` seconds.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.report import RESULTS
 from reader.log import configure_logging
-from reader.sim.pcscd import PcscdBench
+from sscard_sim.pcscd import PcscdBench
 from tests.daemon import matrix
 
 

@@ -38,9 +38,9 @@ from protocols.purchase import CappUpdate, PurchaseRequest, PurchaseResult, Reco
 from protocols.ssse import EF05, parse_item_record
 from protocols.tunion import PROCESS_RECORD_LAYOUT, SFI_PROCESS, ProcessRecord
 from protocols.tunion_read import read_tunion
-from reader.sim.card import VirtualCard
-from reader.sim.profile import load_card_profile, load_psam_profile
-from reader.sim.psam import VirtualPsam
+from sscard_sim.card import VirtualCard
+from sscard_sim.profile import load_card_profile, load_psam_profile
+from sscard_sim.psam import VirtualPsam
 
 IMAGE_READS = 2000
 BATCH = 200

@@ -34,17 +34,16 @@ from typing import Any
 from bench.backoffice import BackOfficeProcess
 from bench.daemon_process import DaemonProcess, write_config
 from bench.report import percentiles, write
-from reader.backends.pcsc import wait_for_presence
 from reader.daemon.policy import Decision, Fare, Outcome, Reason
 from reader.daemon.record import Debit, TapIdGenerator, tap_record
-from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS, PcscdBench
-from reader.sim.psam import VirtualPsam
-from reader.sim.vpcd import VpcdLink
 from reader.uplink.http_uplink import HttpUplink
 from reader.uplink.mqtt_uplink import MqttUplink
 from reader.uplink.queue import TapQueue
 from reader.uplink.settings import HttpUplinkSettings, MqttUplinkSettings, QueueSettings
 from reader.uplink.worker import UplinkWorker
+from sscard_sim.pcscd import VPCD_PORTS, VPCD_READERS, PcscdBench, wait_for_presence
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.vpcd import VpcdLink
 from tests.support.mosquitto import MosquittoBroker
 
 ENQUEUE_TAPS = int(os.environ.get("BENCH_ENQUEUE_TAPS", "3000"))

@@ -40,12 +40,11 @@ from typing import Any
 from bench.daemon_process import DaemonProcess, process_cpu_seconds, write_config
 from bench.queue_throughput import BENCH_MAX_BYTES, BENCH_MAX_TAPS, bulk_load
 from bench.report import percentiles, write
-from reader.backends.pcsc import wait_for_presence
-from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS, PcscdBench
-from reader.sim.psam import VirtualPsam
-from reader.sim.vpcd import VpcdLink
 from reader.uplink.queue import TapQueue
 from reader.uplink.settings import QueueSettings
+from sscard_sim.pcscd import VPCD_PORTS, VPCD_READERS, PcscdBench, wait_for_presence
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.vpcd import VpcdLink
 
 STARTS = 5
 IDLE_S = float(os.environ.get("BENCH_IDLE_S", "10"))

@@ -26,7 +26,7 @@ Timing, one clock (CLOCK_MONOTONIC) for every stamp:
   differ. The SQLite time of the tap (journal and queue calls) is stamped around those
   calls and shown on its own.
 
-Then the same with the link model of reader/sim/air.py: the card behind ISO/IEC 14443 at
+Then the same with the link model of sscard_sim/air.py: the card behind ISO/IEC 14443 at
 106 kbit/s with assumed chip times, the PSAM behind T=0 at 38400 baud, to show the
 daemon's share of a realistic tap.
 
@@ -58,21 +58,19 @@ from smartcard import scard
 
 from bench.report import percentiles, write
 from bench.trace import Apdu, Control, Swappable, TracedCard, TraceLog
-from reader.backends.base import ReaderKind
-from reader.backends.inprocess import InProcessReader
+from reader.backends.base import CardSide, ReaderKind
 from reader.backends.loop import LoopState
-from reader.backends.pcsc import wait_for_presence
 from reader.backends.watchdog import ExchangeWorker
 from reader.config import Config, parse_config
 from reader.daemon.app import Daemon
 from reader.service.notify import SystemdNotifier
-from reader.sim.air import AirInterface, AirTiming, CardProcessing, ContactInterface, ContactTiming
-from reader.sim.card import VirtualCard
-from reader.sim.card_side import CardSide
-from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS, PcscdBench
-from reader.sim.profile import load_card_profile, load_psam_profile
-from reader.sim.psam import VirtualPsam
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.air import AirInterface, AirTiming, CardProcessing, ContactInterface, ContactTiming
+from sscard_sim.card import VirtualCard
+from sscard_sim.inprocess import InProcessReader
+from sscard_sim.pcscd import VPCD_PORTS, VPCD_READERS, PcscdBench, wait_for_presence
+from sscard_sim.profile import load_card_profile, load_psam_profile
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.vpcd import VpcdLink
 
 TAPS = int(os.environ.get("BENCH_TAPS", "60"))
 WARMUP = 3

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reader.sim.card_side import CardSide
+from reader.backends.base import CardSide
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from protocols.errors import BadEncoding, BadLength, CannotBuild, UnexpectedTag
 from protocols.exchange import Transmit, exchange
 from protocols.fci import DirectoryEntry
 from protocols.ppse import read_ppse
-from protocols.status import raise_for_status
+from protocols.status import APPLICATION_UNUSABLE, DATA_ABSENT, raise_for_status
 from protocols.tlv import Tlv, parse_tlv
 
 AID_UNIONPAY_DEBIT = bytes.fromhex("A000000333010101")
@@ -84,7 +84,7 @@ class ECashImage:
 
 def _amount(transmit: Transmit, tag: int) -> int | None:
     response = exchange(transmit, get_data(tag))
-    if response.sw in (0x6A88, 0x6A81, 0x6A83, 0x6985, 0x6D00, 0x6A86):
+    if response.sw in DATA_ABSENT:
         return None
     raise_for_status(response.sw, f"GET DATA {tag:04X}")
     return parse_amount(response.data, tag)[1]
@@ -104,7 +104,7 @@ def read_ecash(
     candidates += [aid for aid in aids if aid not in candidates]
     for aid in candidates:
         response = exchange(transmit, select_by_name(aid))
-        if response.sw in (0x6A82, 0x6A81, 0x6283):
+        if response.sw in APPLICATION_UNUSABLE:
             continue
         raise_for_status(response.sw, "SELECT UnionPay")
         return ECashImage(

@@ -6,7 +6,8 @@ names the structure, the field and the byte offset, so that a field engineer rea
 line knows where to look without a traceback, and so that callers need a single `except`.
 
 Card *status words* (the card answered, but refused) are a separate family, see
-`protocols.status.CardStatusError`: a refusal is not malformed data.
+`protocols.status.CardStatusError`: a refusal is not malformed data. A third family is
+`TransportError`: no answer at all, because the link to the card broke.
 """
 
 from __future__ import annotations
@@ -63,3 +64,13 @@ class CannotBuild(ProtocolError):
 
 class ExchangeFailed(ProtocolError):
     """The APDU exchange itself broke its rules: no status word, endless 61xx chain."""
+
+
+class TransportError(Exception):
+    """The link to the card broke: it left the field, or its answer never came.
+
+    Card conversations here never do I/O, so they cannot know the reader's errors; the
+    readers' own errors for a lost card and a missed deadline subclass this one, and a
+    conversation that must tell "no answer" from "a wrong answer" (the purchase: an
+    unanswered DEBIT may have debited) catches this class alone.
+    """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from protocols.apdu import CommandApdu
 from protocols.exchange import Transmit, exchange
 from protocols.fci import DirectoryEntry, parse_fci
-from protocols.status import raise_for_status
+from protocols.status import APPLICATION_UNUSABLE, raise_for_status
 
 PPSE_NAME = b"2PAY.SYS.DDF01"
 
@@ -17,7 +17,7 @@ def select_ppse() -> CommandApdu:
 def read_ppse(transmit: Transmit) -> tuple[DirectoryEntry, ...]:
     """The directory entries, highest priority first; empty when the card has no PPSE."""
     response = exchange(transmit, select_ppse())
-    if response.sw in (0x6A82, 0x6A81, 0x6283):
+    if response.sw in APPLICATION_UNUSABLE:
         return ()
     raise_for_status(response.sw, "SELECT PPSE")
     entries = parse_fci(response.data, "PPSE FCI").directory

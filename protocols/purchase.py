@@ -17,9 +17,9 @@ reaching the terminal (tearing). Only a refusal in `DEBIT_REFUSALS` closes it as
 debited. When the same card comes back, `recover` asks it for GET TRANSACTION PROOF: 9406
 means the debit never happened.
 
-Transport errors (card removed, timeout) belong to the reader layer, which this package
-does not know; pass their classes as `transport_errors` to have them reported as failures
-of the step in progress instead of propagating.
+A lost link (`protocols.errors.TransportError`: the card removed, a timeout) is reported as
+a failure of the step in progress, like a refusal or a malformed answer; anything else
+raised before the journal (a bug) propagates, since no money has moved.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from protocols.errors import ProtocolError
+from protocols.errors import ProtocolError, TransportError
 from protocols.exchange import Transmit, command
 from protocols.status import DEBIT_REFUSALS, CardStatusError, MacInvalid, MacTacUnavailable
 from protocols.tunion import (
@@ -188,7 +188,7 @@ class DifferentCard(Exception):
         self.found = found
 
 
-_PROTOCOL_ERRORS: tuple[type[Exception], ...] = (CardStatusError, ProtocolError)
+_STEP_ERRORS: tuple[type[Exception], ...] = (CardStatusError, ProtocolError, TransportError)
 
 
 def purchase(
@@ -197,7 +197,6 @@ def purchase(
     request: PurchaseRequest,
     *,
     public: PublicInfo | None = None,
-    transport_errors: tuple[type[Exception], ...] = (),
     before_debit: Callable[[Recovery], None] | None = None,
 ) -> PurchaseResult | PurchaseFailure | Declined:
     """Charge `request.amount` fen. `public` (file 0x15) skips the SELECT when already read.
@@ -207,7 +206,6 @@ def purchase(
     journals it there, durably, so the debit can be settled whatever happens next. If it
     raises, DEBIT is not sent and the exception propagates (no money has moved).
     """
-    caught = _PROTOCOL_ERRORS + transport_errors
     step = Step.SELECT
     try:
         if public is None:
@@ -246,7 +244,7 @@ def purchase(
             for update in updates:
                 apdu = update_capp_data_cache(update.sfi, update.record_id, update.data)
                 command(card, apdu, f"UPDATE CAPP DATA CACHE {update.sfi:02X}")
-    except caught as exc:
+    except _STEP_ERRORS as exc:
         return PurchaseFailure(step, exc)
     recovery = Recovery(
         application_serial=public.application_serial,

@@ -29,7 +29,7 @@ from protocols.ssse import (
 )
 from protocols.ssse_auth import PsamCannotAuthenticate, PsamSsseConfig
 from protocols.ssse_auth import authenticate as authenticate_with_psam
-from protocols.status import SecurityStatusNotSatisfied, raise_for_status
+from protocols.status import RECORD_ABSENT, SecurityStatusNotSatisfied, raise_for_status
 
 CARD_IDENTIFICATION_CODE = 0x01
 SPEC_VERSION = 0x03
@@ -50,7 +50,7 @@ class SsseItems:
 def read_value(card: Transmit, tag: int, ef: bytes) -> ItemValue:
     """One item of the selected EF by identifier; None when the card has no such record."""
     response = exchange(card, read_item(tag))
-    if response.sw in (0x6A83, 0x6A82):
+    if response.sw in RECORD_ABSENT:
         return None
     raise_for_status(response.sw, f"READ RECORD {ITEMS[tag].name}")
     return parse_item_record(response.data, ef, expected_tag=tag).value

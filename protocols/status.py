@@ -13,6 +13,17 @@ from dataclasses import dataclass
 
 SW_OK = 0x9000
 
+APPLICATION_ABSENT = frozenset({0x6A82})
+"""SELECT of an application the card does not carry."""
+APPLICATION_UNUSABLE = frozenset({0x6A82, 0x6A81, 0x6283})
+"""SELECT of an application that is absent or blocked: a reader skips it (a validator tells them apart)."""
+RECORD_ABSENT = frozenset({0x6A82, 0x6A83})
+"""READ RECORD past the last record, or of a file the card does not have: the normal end of a loop."""
+FILE_ABSENT = frozenset({0x6A82, 0x6A83, 0x6982, 0x6A86})
+"""An optional file that is missing or closed to this reader: read as absent, not as a failure."""
+DATA_ABSENT = frozenset({0x6A88, 0x6A81, 0x6A83, 0x6985, 0x6D00, 0x6A86})
+"""GET DATA of an object the application does not hold."""
+
 
 class CardStatusError(Exception):
     """The card (or PSAM) answered a command with a status word that is not success."""

@@ -7,13 +7,22 @@ puts it there (saving a READ BINARY on the validator's time budget), else read.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from protocols.errors import BadLength
 from protocols.exchange import Transmit, command, exchange
 from protocols.fci import DirectoryEntry, Fci, parse_fci
 from protocols.ppse import read_ppse
-from protocols.status import raise_for_status
+from protocols.status import (
+    APPLICATION_ABSENT,
+    APPLICATION_UNUSABLE,
+    FILE_ABSENT,
+    RECORD_ABSENT,
+    ApplicationBlocked,
+    ApplicationLocked,
+    raise_for_status,
+)
 from protocols.tunion import (
     AID_TUNION_EP,
     BALANCE_LAYOUT,
@@ -42,8 +51,6 @@ from protocols.tunion import (
     select_tunion,
 )
 
-_ABSENT = (0x6A82, 0x6A83, 0x6982, 0x6A86)
-
 
 @dataclass(frozen=True)
 class TUnionImage:
@@ -57,6 +64,58 @@ class TUnionImage:
     transactions: tuple[TransactionRecord, ...] = ()
     process_records: tuple[ProcessRecord, ...] = ()
     capp_records: tuple[CappRecord, ...] = ()
+
+
+class PurseState(enum.Enum):
+    """Whether the e-purse can be used, as a validator must tell the holder."""
+
+    USABLE = "usable"
+    ABSENT = "absent"
+    """SELECT answered 6A82: the card carries no T-Union application."""
+    LOCKED = "locked"
+    """9303: permanently locked by its issuer (blacklisted)."""
+    BLOCKED = "blocked"
+    """6283 / 6A81: blocked (temporarily invalidated)."""
+
+
+@dataclass(frozen=True)
+class PurseRead:
+    """What a validator needs of the e-purse before it decides, read once per tap."""
+
+    state: PurseState
+    public: PublicInfo | None = None
+    """File 0x15 (from the FCI where the card puts it there); None unless USABLE."""
+    balance: int = 0
+    """The purse's own money (GET BALANCE P1 02); below zero while the card uses its overdraft."""
+    allowance: int = 0
+    """The overdraft allowance the card counts into the balance INITIALIZE answers with."""
+    process_records: tuple[ProcessRecord, ...] = ()
+    """The newest records of the journey log 0x1E, newest first (record 1 of the cyclic file)."""
+
+
+def read_purse(transmit: Transmit, *, process_records: int = 0, aid: bytes = AID_TUNION_EP) -> PurseRead:
+    """SELECT the e-purse and read its public file, both balances and `process_records` of 0x1E.
+
+    A purse that is absent, locked or blocked is a state of the answer, not an error: the
+    validator refuses such a card with a reason of its own. Every other refusal raises its
+    `CardStatusError`, and a malformed answer its `ProtocolError`.
+    """
+    response = exchange(transmit, select_tunion(aid))
+    if response.sw in APPLICATION_ABSENT:
+        return PurseRead(PurseState.ABSENT)
+    try:
+        raise_for_status(response.sw, "SELECT T-Union")
+    except ApplicationLocked:
+        return PurseRead(PurseState.LOCKED)
+    except ApplicationBlocked:
+        return PurseRead(PurseState.BLOCKED)
+    public = public_info(transmit, parse_fci(response.data, "T-Union FCI"))
+    own = read_balance(transmit, include_overdraft=False)
+    allowance = max(0, read_balance(transmit) - own)
+    raw = _records(transmit, SFI_PROCESS, process_records, PROCESS_RECORD_LAYOUT.size, absent=RECORD_ABSENT)
+    return PurseRead(
+        PurseState.USABLE, public, own, allowance, tuple(PROCESS_RECORD_LAYOUT.parse(record) for record in raw)
+    )
 
 
 def find_tunion_aid(transmit: Transmit, directory: tuple[DirectoryEntry, ...] | None = None) -> bytes:
@@ -84,17 +143,20 @@ def public_info(transmit: Transmit, fci: Fci) -> PublicInfo:
 
 def _optional_binary(transmit: Transmit, sfi: int, size: int) -> bytes | None:
     response = exchange(transmit, read_binary_sfi(sfi, size))
-    if response.sw in _ABSENT:
+    if response.sw in FILE_ABSENT:
         return None
     raise_for_status(response.sw, f"READ BINARY {sfi:02X}")
     return response.data
 
 
-def _records(transmit: Transmit, sfi: int, count: int, size: int) -> list[bytes]:
+def _records(
+    transmit: Transmit, sfi: int, count: int, size: int, absent: frozenset[int] = FILE_ABSENT
+) -> list[bytes]:
+    """Records 1..`count` of a record file, up to the first that the card says is absent."""
     out: list[bytes] = []
     for number in range(1, count + 1):
         response = exchange(transmit, read_record_sfi(sfi, number, size))
-        if response.sw in _ABSENT:
+        if response.sw in absent:
             break
         raise_for_status(response.sw, f"READ RECORD {sfi:02X} {number}")
         out.append(response.data)
@@ -121,7 +183,7 @@ def read_tunion(
     """
     aid = find_tunion_aid(transmit, directory) if via_ppse else AID_TUNION_EP
     response = exchange(transmit, select_tunion(aid))
-    if response.sw in (0x6A82, 0x6A81, 0x6283):
+    if response.sw in APPLICATION_UNUSABLE:
         return None
     raise_for_status(response.sw, "SELECT T-Union")
     fci = parse_fci(response.data, "T-Union FCI")
@@ -134,7 +196,7 @@ def read_tunion(
     capp: list[CappRecord] = []
     for record_id in capp_record_ids:
         reply = exchange(transmit, read_record_sfi(SFI_CAPP, record_id, CAPP_RECORD_LAYOUT.size))
-        if reply.sw in _ABSENT:
+        if reply.sw in FILE_ABSENT:
             continue
         raise_for_status(reply.sw, f"READ RECORD 1A {record_id}")
         capp.append(CAPP_RECORD_LAYOUT.parse(reply.data))

@@ -1,7 +1,10 @@
 """`sscard`: the one command of sscard-terminal.
 
 Each subcommand lives in its own module under `reader.commands` and registers itself, so
-that adding a command never means editing a dispatch table here.
+that adding a command never means editing a dispatch table here. Commands of other packages
+of the distribution (the simulator's `demo` and `sim`) arrive through the `sscard.commands`
+entry points: the product never imports the simulator, and a terminal image built without
+it simply has no such commands.
 
 The conventions are those of the smart-card tools operators already know (pcsc_scan,
 opensc-tool, nfcpy's examples): data on stdout, errors and waiting prompts on stderr, one
@@ -62,12 +65,18 @@ def version() -> str:
         return "unknown (not installed: run `pip install .`)"
 
 
+COMMAND_ENTRY_POINTS = "sscard.commands"
+
+
 def command_modules() -> dict[str, str]:
-    """Command name (as typed) to module name: `check-config` lives in `check_config`."""
-    return {
-        info.name.replace("_", "-"): info.name
-        for info in sorted(pkgutil.iter_modules(reader.commands.__path__), key=lambda m: m.name)
+    """Command name (as typed) to module: `check-config` lives in `reader.commands.check_config`."""
+    modules = {
+        info.name.replace("_", "-"): f"reader.commands.{info.name}"
+        for info in pkgutil.iter_modules(reader.commands.__path__)
     }
+    for entry in importlib.metadata.entry_points(group=COMMAND_ENTRY_POINTS):
+        modules.setdefault(entry.name, entry.value)
+    return dict(sorted(modules.items()))
 
 
 def _log_level(text: str) -> str:
@@ -116,7 +125,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     modules = command_modules()
     names = [] if only == "" else [modules[only]] if only in modules else modules.values()
     for name in names:
-        importlib.import_module(f"reader.commands.{name}").register(sub)
+        importlib.import_module(name).register(sub)
     for child in _subparsers(parser):
         child.epilog = f"{child.epilog}\n\n{EXIT_STATUSES}" if child.epilog else EXIT_STATUSES
         child.formatter_class = argparse.RawDescriptionHelpFormatter

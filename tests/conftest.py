@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from reader.backends.pcsc import wait_for_presence as wait_for_state
-from reader.sim.card_side import CardSide
-from reader.sim.pcscd import VPCD_PORTS, PcscdBench
-from reader.sim.vpcd import VpcdLink
+from reader.backends.base import CardSide
+from sscard_sim.pcscd import VPCD_PORTS, PcscdBench
+from sscard_sim.pcscd import wait_for_presence as wait_for_state
+from sscard_sim.vpcd import VpcdLink
 
 SLOT0 = "Virtual PCD 00 00"
 SLOT1 = "Virtual PCD 00 01"

@@ -9,6 +9,7 @@ import sys
 from smartcard import scard
 
 from tests.conftest import SLOT0, SLOT1, wait_for_state
+from tests.support import VPCD
 
 ATR = bytes.fromhex("3B8880010000000000718100F9")
 
@@ -38,9 +39,8 @@ class CountingCard:
 
 
 def sscard_readers() -> dict[str, dict[str, str | None]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "reader.cli", "readers", "--json"], check=True, capture_output=True, text=True
-    ).stdout
+    command = [sys.executable, "-m", "reader.cli", "readers", "--config", VPCD, "--json"]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return {row["name"]: row for row in json.loads(out)}
 
 

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from protocols.errors import TransportError
+
 
 class ReaderKind(enum.Enum):
     """What sits in the slot: a card held by a person, or the terminal's PSAM."""
@@ -33,11 +35,11 @@ class ReaderUnavailable(ReaderError):
     """The reader or its service is gone (unplugged, pcscd down, USB device busy)."""
 
 
-class CardRemoved(ReaderError):
+class CardRemoved(ReaderError, TransportError):
     """The card left the field or lost power during an exchange."""
 
 
-class TransmitTimeout(ReaderError):
+class TransmitTimeout(ReaderError, TransportError):
     """The card did not answer within the deadline; the exchange was abandoned."""
 
 
@@ -145,4 +147,28 @@ class Reader(Protocol):
 
     def close(self) -> None:
         """Release every resource; a closed reader is not reused."""
+        ...
+
+
+class CardSide(Protocol):
+    """A card as its reader sees it: power, reset and APDUs.
+
+    What every bridge to a reader stack serves (vpcd, nfcpy udp, a PN532 on a pty, the
+    in-process reader): a bridge only moves bytes, so one card serves every stack unchanged.
+    """
+
+    def power_on(self) -> bytes:
+        """Power the card up (a fresh activation) and return its ATR."""
+        ...
+
+    def power_off(self) -> None:
+        """Cut power: volatile state is lost, uncommitted transactions are rolled back."""
+        ...
+
+    def atr(self) -> bytes:
+        """The ATR, without changing state (readers probe it for presence)."""
+        ...
+
+    def transmit(self, apdu: bytes) -> bytes:
+        """Answer one command APDU with response data followed by SW1 SW2."""
         ...

@@ -39,9 +39,11 @@ from reader.backends.base import (
     WaitCancelled,
 )
 from reader.backends.watchdog import abandoned_workers
+from reader.backoff import Backoff
 from reader.log import get_logger
 
-Process = Callable[[CardChannel], None]
+Process = Callable[[CardChannel, str], None]
+"""The processing callback: the card's channel, and the id of its tap (also bound in the logs)."""
 
 
 class LoopState(enum.Enum):
@@ -53,26 +55,10 @@ class LoopState(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass
-class Backoff:
-    """Capped exponential delays between attempts to reach a reader that went away.
-
-    The cap is low on purpose: a terminal whose pcscd comes back must read the next card
-    within about two seconds, and a failed attempt costs one refused socket connection.
-    """
-
-    initial: float = 0.05
-    factor: float = 2.0
-    cap: float = 0.5
-    _next: float = 0.0
-
-    def next_delay(self) -> float:
-        delay = self._next or self.initial
-        self._next = min(delay * self.factor, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self._next = 0.0
+READER_BACKOFF_INITIAL = 0.05
+READER_BACKOFF_CAP = 0.5
+"""Low on purpose: a terminal whose pcscd comes back must read the next card within about two
+seconds, and a failed attempt costs one refused socket connection."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +76,7 @@ class LoopStatus:
 
 
 class ReaderLoop:
-    """Drive one reader in a thread of its own, calling `process(channel)` for each card.
+    """Drive one reader in a thread of its own, calling `process(channel, tap_id)` for each card.
 
     `new_tap_id` names each card's session in the logs (the daemon passes the generator of
     its tap record ids, so a tap has one id from detection to record).
@@ -113,7 +99,7 @@ class ReaderLoop:
         self._new_tap_id = new_tap_id or (lambda: uuid.uuid4().hex[:12])
         self._process = process
         self.wait_slice = wait_slice
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(READER_BACKOFF_INITIAL, READER_BACKOFF_CAP, jitter=False)
         self.stall_after = stall_after
         self._cancel = CancelEvent()
         self._thread: threading.Thread | None = None
@@ -213,14 +199,14 @@ class ReaderLoop:
         with structlog.contextvars.bound_contextvars(tap_id=tap_id):
             self.taps += 1
             self._log.info("card_present", card=classify_atr(channel.atr).describe())
-            self._run_process(channel)
+            self._run_process(channel, tap_id)
             self._await_removal()
 
-    def _run_process(self, channel: CardChannel) -> None:
+    def _run_process(self, channel: CardChannel, tap_id: str) -> None:
         self._enter(LoopState.PROCESSING)
         started = time.monotonic()
         try:
-            self._process(channel)
+            self._process(channel, tap_id)
         except CardRemoved as error:
             self.failures += 1
             self._log.warning("card_removed_during_processing", error=str(error))

@@ -7,7 +7,7 @@ Paths (`NfcReader(path)`):
   directly under /dev (nfcpy's parser accepts nothing else, readers.md §2.4).
 * `tty:/dev/pts/3:pn532` (any absolute device path, any nfcpy serial driver): opened here with
   nfcpy's TTY transport and driver `init`, the route nfcpy's parser cannot express.
-* `udp:HOST:PORT`: nfcpy's udp driver (`reader.sim.nfc_udp` is the card at the other end).
+* `udp:HOST:PORT`: nfcpy's udp driver (`sscard_sim.nfc_udp` is the card at the other end).
 
 Cards are ISO-DEP only (Type 4A and 4B); APDUs go through `tag.transceive`. What the errors
 mean:

@@ -43,6 +43,7 @@ from reader.backends.base import (
     WaitCancelled,
     cancel_hook,
 )
+from reader.backends.settings import PcscSettings
 from reader.backends.watchdog import DeadlineExceeded, ExchangeWorker, WorkerAbandoned, WorkerClosed
 from reader.log import get_logger
 
@@ -641,19 +642,26 @@ def reader_states() -> list[PcscReaderState]:
         _release("pcsc", context)
 
 
-def wait_for_presence(reader: str, present: bool, timeout: float = 3.0) -> bool:
-    """Block until pcscd reports `reader` with (or without) a card; False on timeout.
+def contactless_reader(settings: PcscSettings) -> PcscReader:
+    """The tap slot; a reader matching the SAM pattern is never taken for it."""
+    return PcscReader(
+        settings.contactless,
+        ReaderKind.CONTACTLESS,
+        exclude=settings.sam,
+        name="pcsc-contactless",
+        transmit_timeout=settings.transmit_timeout,
+        connect_timeout=settings.connect_timeout,
+    )
 
-    Used by the bench and the demo, which insert virtual cards and must not race pcscd's
-    400 ms presence poll.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            states = {state.name: state for state in reader_states()}
-        except ReaderUnavailable:
-            states = {}
-        if reader in states and states[reader].present == present:
-            return True
-        time.sleep(0.02)
-    return False
+
+def sam_reader(settings: PcscSettings) -> PcscReader | None:
+    """The PSAM slot: a long-lived channel, opened once and reopened after a fault."""
+    if settings.sam is None:
+        return None
+    return PcscReader(
+        settings.sam,
+        ReaderKind.SAM,
+        name="pcsc-sam",
+        transmit_timeout=settings.transmit_timeout,
+        connect_timeout=settings.connect_timeout,
+    )

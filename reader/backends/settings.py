@@ -5,10 +5,12 @@ the terminal configuration. `load_reader_settings` reads a TOML file on its own 
 (`sscard readers --config FILE`, `sscard read --config FILE`): the `[readers]` table when
 there is one, the whole document otherwise.
 
-The defaults describe the embedded bench (pcscd with the two vpcd slots: slot 0 is the
-contactless card, slot 1 the PSAM) and the usual names of real readers: dual-interface
-readers list their contactless slot as "... PICC ..." or "... Contactless ..." and their SAM
-slots as "... SAM ...".
+The settings are plain data: `reader.backends.pcsc` builds the readers from them, so loading
+a configuration (`sscard check-config`) loads no hardware library. The default patterns match
+real readers only: dual-interface readers list their contactless slot as "... PICC ..." or
+"... Contactless ..." and their SAM slots as "... SAM ...". The virtual readers of vpcd
+("Virtual PCD 00 00", "Virtual PCD 00 01") are never matched unless a configuration names
+them, as the demo's does: a terminal with vpcd installed must not pair with a virtual PSAM.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from reader.backends.base import ReaderKind
-from reader.backends.pcsc import PcscReader
 from reader.peripherals.settings import DisplaySettings, RelaySettings
 
 
@@ -41,11 +41,11 @@ class PcscSettings(BaseModel):
 
     enabled: bool = True
     contactless: str = Field(
-        default=r"contactless|picc|acr122|virtual pcd 00 00",
+        default=r"contactless|picc|acr122",
         description="name pattern of the reader slot where cards are tapped",
     )
     sam: str | None = Field(
-        default=r"\bsam\b|virtual pcd 00 01",
+        default=r"\bsam\b",
         description="name pattern of the PSAM slot; None when the terminal has no PSAM",
     )
     transmit_timeout: float = Field(default=2.0, gt=0, description="deadline of one APDU, seconds")
@@ -58,29 +58,6 @@ class PcscSettings(BaseModel):
     def _check_sam(cls, value: str | None) -> str | None:
         """An empty pattern would match every reader: it means "no PSAM slot"."""
         return _valid_pattern(value or None)
-
-    def contactless_reader(self) -> PcscReader:
-        """The tap slot; a reader matching the SAM pattern is never taken for it."""
-        return PcscReader(
-            self.contactless,
-            ReaderKind.CONTACTLESS,
-            exclude=self.sam,
-            name="pcsc-contactless",
-            transmit_timeout=self.transmit_timeout,
-            connect_timeout=self.connect_timeout,
-        )
-
-    def sam_reader(self) -> PcscReader | None:
-        """The PSAM slot: a long-lived channel, opened once and reopened after a fault."""
-        if self.sam is None:
-            return None
-        return PcscReader(
-            self.sam,
-            ReaderKind.SAM,
-            name="pcsc-sam",
-            transmit_timeout=self.transmit_timeout,
-            connect_timeout=self.connect_timeout,
-        )
 
     def role_of(self, reader_name: str) -> str | None:
         """'sam', 'contactless' or None for a PC/SC reader name, as the readers above would pick."""

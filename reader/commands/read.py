@@ -47,7 +47,7 @@ from protocols.tunion_read import read_balance
 from reader.backends.atr import classify_atr
 from reader.backends.base import CardChannel, CardRemoved, Reader, ReaderError, TransmitTimeout
 from reader.backends.loop import ReaderLoop
-from reader.backends.pcsc import PcscReader
+from reader.backends.pcsc import PcscReader, contactless_reader, sam_reader
 from reader.backends.sam import SamSlot
 from reader.backends.settings import ReaderSettings, load_reader_settings
 from reader.daemon.feedback import yuan
@@ -120,7 +120,7 @@ def build_readers(settings: ReaderSettings, name: str | None) -> list[Reader]:
         return [PcscReader(exact, name=name, transmit_timeout=pcsc.transmit_timeout)]
     readers: list[Reader] = []
     if pcsc.enabled:
-        readers.append(pcsc.contactless_reader())
+        readers.append(contactless_reader(pcsc))
     if settings.nfc.path is not None:
         from reader.backends.nfc import NfcReader
 
@@ -136,7 +136,7 @@ class Psam:
     """
 
     def __init__(self, settings: ReaderSettings, enabled: bool = True) -> None:
-        reader = settings.pcsc.sam_reader() if enabled and settings.pcsc.enabled else None
+        reader = sam_reader(settings.pcsc) if enabled and settings.pcsc.enabled else None
         self._slot = SamSlot(reader, open_timeout=0.5) if reader is not None else None
         self._missing_noted = False
 
@@ -189,8 +189,8 @@ class FirstCard:
         self._lock = threading.Lock()
         self._done = False
 
-    def process_for(self, reader: Reader) -> Callable[[CardChannel], None]:
-        def process(channel: CardChannel) -> None:
+    def process_for(self, reader: Reader) -> Callable[[CardChannel, str], None]:
+        def process(channel: CardChannel, tap_id: str) -> None:
             with self._lock:
                 if self._done:
                     return

@@ -27,13 +27,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from reader.backends.base import Reader, ReaderError
 from reader.backends.loop import ReaderLoop
 from reader.backends.nfc import NfcReader
+from reader.backends.pcsc import contactless_reader, sam_reader
 from reader.backends.sam import SamSlot
 from reader.config import Config, ConfigError, load_config, read_secret
 from reader.daemon.api import ApiContext, LocalApi
+from reader.daemon.charge import settle_expired
 from reader.daemon.events import CardRequests, EventHub
 from reader.daemon.feedback import Feedback, Signal
 from reader.daemon.journal import Journal
-from reader.daemon.pipeline import Services, TapPipeline, settle_expired
+from reader.daemon.pipeline import TapPipeline
+from reader.daemon.services import Services
 from reader.log import get_logger
 from reader.peripherals.display import LineDisplay
 from reader.peripherals.relay import GateRelay
@@ -83,10 +86,10 @@ def default_readers(config: Config) -> tuple[list[Reader], Reader | None]:
     readers: list[Reader] = []
     pcsc = config.readers.pcsc
     if pcsc.enabled:
-        readers.append(pcsc.contactless_reader())
+        readers.append(contactless_reader(pcsc))
     if config.readers.nfc.path:
         readers.append(NfcReader(config.readers.nfc.path))
-    return readers, (pcsc.sam_reader() if pcsc.enabled else None)
+    return readers, (sam_reader(pcsc) if pcsc.enabled else None)
 
 
 class Daemon:

@@ -65,8 +65,8 @@ from reader.peripherals.errors import (
     PeripheralUnavailable,
 )
 from reader.peripherals.link import SerialLink
+from reader.peripherals.settings import DISPLAY_BAUDRATE
 
-DISPLAY_BAUDRATE = 115200
 MAX_LINE_BYTES = 256
 MAX_ROWS = 16
 MAX_BEEP_VALUES = 15

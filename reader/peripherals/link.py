@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import serial
 
+from reader.backoff import Backoff
 from reader.log import get_logger
 from reader.peripherals.errors import PeripheralError, PeripheralUnavailable
 
@@ -202,9 +203,9 @@ class SerialLink:
         self._reconnector.start()
 
     def _reconnect_loop(self) -> None:
-        delay = self._backoff_initial
+        backoff = Backoff(self._backoff_initial, self._backoff_max, jitter=False)
         attempts = 0
-        while not self._stop.wait(delay):
+        while not self._stop.wait(backoff.next_delay()):
             attempts += 1
             with self._lock:
                 if self._closed:
@@ -215,7 +216,6 @@ class SerialLink:
                         self._open_locked()
                     except PeripheralUnavailable as exc:
                         self._log.debug("peripheral.reopen_failed", attempt=attempts, error=str(exc))
-                        delay = min(delay * 2, self._backoff_max)
                         continue
                 self._reconnecting = False
             self._log.info("peripheral.reconnected", attempts=attempts)

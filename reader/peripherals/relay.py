@@ -28,8 +28,8 @@ import serial
 from reader.log import get_logger
 from reader.peripherals.errors import PeripheralError, PeripheralUnavailable
 from reader.peripherals.link import SerialLink
+from reader.peripherals.settings import LCUS_BAUDRATE
 
-LCUS_BAUDRATE = 9600
 _LCUS_HEADER = 0xA0
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reader.peripherals.display import DISPLAY_BAUDRATE
-from reader.peripherals.relay import LCUS_BAUDRATE
+LCUS_BAUDRATE = 9600
+"""The LCUS relay boards' fixed rate."""
+DISPLAY_BAUDRATE = 115200
+"""The line display's default rate."""
 
 
 class _Settings(BaseModel):

@@ -25,19 +25,18 @@ from typing import Any
 from smartcard import scard
 
 from protocols.tunion import TRANSACTION_RECORD_LAYOUT, TransactionRecord
-from reader.backends.pcsc import wait_for_presence
+from reader.backends.base import CardSide
 from reader.config import Config, parse_config
 from reader.daemon.app import Daemon
 from reader.daemon.events import Subscription
 from reader.daemon.feedback import Signal
 from reader.service.notify import SystemdNotifier
-from reader.sim.card import VirtualCard
-from reader.sim.card_side import CardSide
-from reader.sim.cos import CardTorn
-from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS
-from reader.sim.profile import CardProfile
-from reader.sim.vpcd import VpcdLink
 from reader.uplink.queue import TapQueue
+from sscard_sim.card import VirtualCard
+from sscard_sim.cos import CardTorn
+from sscard_sim.pcscd import VPCD_PORTS, VPCD_READERS, wait_for_presence
+from sscard_sim.profile import CardProfile
+from sscard_sim.vpcd import VpcdLink
 
 SLOT_CARD, SLOT_PSAM = VPCD_READERS
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"

@@ -11,12 +11,11 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from reader.backends.pcsc import wait_for_presence
 from reader.log import configure_logging
-from reader.sim.pcscd import VPCD_PORTS, PcscdBench
-from reader.sim.psam import VirtualPsam
-from reader.sim.tearing import TearingCard
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.pcscd import VPCD_PORTS, PcscdBench, wait_for_presence
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.tearing import TearingCard
+from sscard_sim.vpcd import VpcdLink
 from tests.daemon import scenarios
 from tests.daemon.bench import SLOT_PSAM, LogBuffer
 

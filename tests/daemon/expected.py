@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reader.daemon.record import card_token
-from reader.sim.profile import CardProfile, load_card_profile
+from sscard_sim.profile import CardProfile, load_card_profile
 
 
 @dataclass(frozen=True)

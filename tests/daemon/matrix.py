@@ -2,7 +2,7 @@
 
 Every case runs a real `sscard run` process on the vpcd bench (pcscd with the two vpcd
 readers): the virtual card and the virtual PSAM live in this process, each behind a
-`FaultyChip` (reader/sim/faults.py), so their memory (purse balance, transaction counter,
+`FaultyChip` (sscard_sim/faults.py), so their memory (purse balance, transaction counter,
 log) survives every death of the daemon and is the judge of what happened. A case is one
 fault at one command of a bus tap, or one crash point of the pipeline; then, where the
 daemon died, a restart as systemd would do it; then the card's return, or its absence past
@@ -47,14 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from reader.backends.pcsc import wait_for_presence
-from reader.sim.card import VirtualCard
-from reader.sim.faults import Fault, FaultKind, FaultyChip, kill_and_wait
-from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS, pcscd_is_serving
-from reader.sim.psam import VirtualPsam
-from reader.sim.vpcd import VpcdLink
 from reader.uplink.queue import TapQueue
 from reader.uplink.settings import QueueSettings
+from sscard_sim.card import VirtualCard
+from sscard_sim.faults import Fault, FaultKind, FaultyChip, kill_and_wait
+from sscard_sim.pcscd import VPCD_PORTS, VPCD_READERS, pcscd_is_serving, wait_for_presence
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.vpcd import VpcdLink
 from tests.daemon.bench import Purse, card_events
 
 SSCARD = Path(sys.executable).with_name("sscard")

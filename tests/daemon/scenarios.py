@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 
 from protocols.tunion import select_tunion
-from reader.backends.pcsc import wait_for_presence
 from reader.config import Config, read_secret
-from reader.sim.card import VirtualCard
-from reader.sim.tearing import TearingCard, When
 from reader.uplink.queue import TapQueue
+from sscard_sim.card import VirtualCard
+from sscard_sim.pcscd import wait_for_presence
+from sscard_sim.tearing import TearingCard, When
 from tests.daemon.bench import (
     CARD_PROFILES,
     SLOT_PSAM,

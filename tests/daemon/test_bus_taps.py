@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from reader.sim.card import VirtualCard
-from reader.sim.profile import bundled_profiles
+from sscard_sim.card import VirtualCard
+from sscard_sim.profile import bundled_profiles
 from tests.daemon.bench import CARD_PROFILES, TAP_DAY, Purse, local_time
 from tests.daemon.expected import BUS, RECORD_FIELDS, assert_identifies, token
 from tests.daemon.scenarios import BusRun

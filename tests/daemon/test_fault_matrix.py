@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from reader.sim.faults import FaultyChip
-from reader.sim.pcscd import PcscdBench
+from sscard_sim.faults import FaultyChip
+from sscard_sim.pcscd import PcscdBench
 from tests.daemon import matrix
 from tests.daemon.matrix import Case, Point
 

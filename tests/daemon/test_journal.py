@@ -161,3 +161,44 @@ def test_a_damaged_file_is_a_storage_error_not_a_crash(queue: TapQueue) -> None:
         journal.pending(SERIAL)
     with pytest.raises(QueueStorageError):
         journal.all_pending()
+
+
+def _old_journal(path: Path, recovery_fields: dict[str, object]) -> None:
+    """A journal file as earlier versions wrote it: its own file, the serial in clear."""
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE pending_debits (serial TEXT PRIMARY KEY, tap_id TEXT NOT NULL, recovery TEXT NOT NULL,"
+        " created_at REAL NOT NULL, token TEXT, region TEXT, allowance INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute(
+        "INSERT INTO pending_debits VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (SERIAL, "tap-old", json.dumps(recovery_fields), WHEN.timestamp(), None, None, 0),
+    )
+    db.commit()
+    db.close()
+
+
+def test_an_old_row_whose_recovery_does_not_repeat_the_serial_is_adopted(queue: TapQueue, tmp_path: Path) -> None:
+    """The serial has a column of its own; a recovery text without it must not stop the upgrade."""
+    fields = dataclasses.asdict(RECOVERY)
+    del fields["application_serial"]
+    fields |= {"terminal_id": RECOVERY.terminal_id.hex(), "time": RECOVERY.time.isoformat()}
+    old = tmp_path / "journal.sqlite3"
+    _old_journal(old, fields)
+    journal = Journal(queue, KEY)
+    assert journal.adopt(old) == 1
+    adopted = journal.pending(SERIAL)
+    assert adopted is not None and adopted.recovery == RECOVERY
+
+
+def test_an_old_file_that_cannot_be_read_is_kept_and_adopts_nothing(queue: TapQueue, tmp_path: Path) -> None:
+    """A file that may still hold a torn debit is never deleted unread; the count says none moved."""
+    old = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(old)
+    db.execute("CREATE TABLE something_else (x)")  # no pending_debits table: not a journal this code knows
+    db.commit()
+    db.close()
+    journal = Journal(queue, KEY)
+    assert journal.adopt(old) == 0
+    assert old.exists()
+    assert journal.all_pending() == []

@@ -20,15 +20,14 @@ from typing import Any
 import pytest
 
 from protocols.tunion import PROCESS_RECORD_LAYOUT, ProcessRecord
-from reader.backends.pcsc import wait_for_presence
 from reader.config import Config
 from reader.daemon.feedback import Signal
-from reader.sim.card import VirtualCard
-from reader.sim.faults import Fault, FaultKind
-from reader.sim.pcscd import VPCD_PORTS
-from reader.sim.tearing import TearingCard
-from reader.sim.vpcd import VpcdLink
 from reader.uplink.hotlist import encode_hotlist
+from sscard_sim.card import VirtualCard
+from sscard_sim.faults import Fault, FaultKind
+from sscard_sim.pcscd import VPCD_PORTS, wait_for_presence
+from sscard_sim.tearing import TearingCard
+from sscard_sim.vpcd import VpcdLink
 from tests.daemon.bench import (
     SIGNAL_TIMEOUT,
     SLOT_CARD,

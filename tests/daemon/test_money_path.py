@@ -20,11 +20,11 @@ import pytest
 from protocols.purchase import Recovery
 from protocols.tunion import PROCESS_RECORD_LAYOUT
 from reader.daemon.journal import Journal, PendingDebit
-from reader.sim.card import VirtualCard
-from reader.sim.faults import Fault, FaultKind, FaultyChip
 from reader.uplink.errors import DiskFullError
 from reader.uplink.queue import TapQueue
 from reader.uplink.settings import QueueSettings
+from sscard_sim.card import VirtualCard
+from sscard_sim.faults import Fault, FaultKind, FaultyChip
 from tests.daemon.bench import TAP_DAY, LogBuffer, ManualClock, Purse, Terminal, terminal_config
 from tests.support.taps import tap_record
 from tests.uplink.test_uplink_disk_full import fill_up, small_fs  # noqa: F401 - the tmpfs fixture

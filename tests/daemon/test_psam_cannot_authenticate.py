@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from reader.config import Config, read_secret
-from reader.sim.psam import VirtualPsam
-from reader.sim.tearing import TearingCard
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.tearing import TearingCard
 from tests.daemon.bench import TAP_DAY, LogBuffer, ManualClock, Tap, Terminal, terminal_config
 from tests.daemon.expected import region, token
 from tests.daemon.scenarios import cards

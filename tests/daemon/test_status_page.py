@@ -26,7 +26,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from reader.config import read_secret
-from reader.sim.tearing import TearingCard
+from sscard_sim.tearing import TearingCard
 from tests.daemon.bench import TAP_DAY, ManualClock, Terminal, free_loopback_port, terminal_config
 from tests.daemon.scenarios import NEXT_RIDE, cards
 from tests.support.waiting import wait_until

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 
 from reader.backends.nfc import NfcReader
-from reader.sim.nfc_udp import NfcUdpCard
-from reader.sim.pn532 import Pn532Simulator
+from sscard_sim.nfc_udp import NfcUdpCard
+from sscard_sim.pn532 import Pn532Simulator
 from tests.nfc.conftest import SSSE_AID, ScriptedCard, echo, select
 
 

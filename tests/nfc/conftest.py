@@ -16,8 +16,8 @@ from operator import xor
 import pytest
 
 from reader.backends.nfc import NfcReader
-from reader.sim.nfc_udp import NfcUdpCard
-from reader.sim.pn532 import Pn532Simulator
+from sscard_sim.nfc_udp import NfcUdpCard
+from sscard_sim.pn532 import Pn532Simulator
 
 HISTORICAL = bytes.fromhex("8073C82113660106115901")
 ATR = bytes([0x3B, 0x80 | len(HISTORICAL), 0x80, 0x01]) + HISTORICAL

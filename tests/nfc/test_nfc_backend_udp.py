@@ -8,7 +8,7 @@ import pytest
 
 from reader.backends.base import CancelEvent, CardRemoved, TransmitTimeout, WaitCancelled
 from reader.backends.nfc import NfcChannel, NfcReader, pcsc_atr
-from reader.sim.nfc_udp import NfcUdpCard
+from sscard_sim.nfc_udp import NfcUdpCard
 from tests.nfc.conftest import (
     ATR,
     INS_SLOW,

@@ -7,7 +7,7 @@ from operator import xor
 
 import pytest
 
-from reader.sim.nfc_udp import ApduRequest, ContactlessCard, historical_bytes
+from sscard_sim.nfc_udp import ApduRequest, ContactlessCard, historical_bytes
 from tests.nfc.conftest import ATR, HISTORICAL
 
 UID7 = bytes.fromhex("04112233445566")

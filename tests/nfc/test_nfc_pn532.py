@@ -14,7 +14,7 @@ import serial
 
 from reader.backends.base import CardRemoved, ReaderUnavailable, TransmitTimeout
 from reader.backends.nfc import NfcChannel, NfcReader, pcsc_atr
-from reader.sim.pn532 import Pn532Simulator
+from sscard_sim.pn532 import Pn532Simulator
 from tests.nfc.conftest import (
     ATR,
     HISTORICAL,

@@ -9,7 +9,7 @@ import nfc.clf
 import nfc.tag.tt4
 import pytest
 
-from reader.sim.nfc_udp import NfcUdpCard
+from sscard_sim.nfc_udp import NfcUdpCard
 from tests.nfc.conftest import (
     SSSE_AID,
     ScriptedCard,

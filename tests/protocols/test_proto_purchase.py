@@ -8,6 +8,7 @@ import pytest
 
 from protocols import InsufficientBalance, MacInvalid, MacTacUnavailable
 from protocols import tunion as tu
+from protocols.errors import TransportError
 from protocols.image import Exchange, Recorder, replay
 from protocols.purchase import (
     CappUpdate,
@@ -152,7 +153,7 @@ def test_process_record_is_built_from_the_cards_own_balance() -> None:
     assert seen == [(9800, bytes.fromhex(TERMINAL))]
 
 
-class LinkLost(Exception):
+class LinkLost(TransportError):
     """The card left the field in the middle of a command."""
 
 
@@ -164,7 +165,7 @@ def test_torn_debit_then_recovery_with_proof() -> None:
             raise LinkLost
         return answers(apdu)
 
-    outcome = purchase(tearing, replay(dump(*psam_pairs())), REQUEST, transport_errors=(LinkLost,))
+    outcome = purchase(tearing, replay(dump(*psam_pairs())), REQUEST)
     assert isinstance(outcome, PurchaseFailure) and outcome.step is Step.DEBIT
     assert isinstance(outcome.cause, LinkLost) and outcome.recovery is not None
     card_again = replay(

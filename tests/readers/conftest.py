@@ -11,11 +11,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from reader.backends.base import CancelEvent, ReaderKind
-from reader.backends.pcsc import PcscReader, wait_for_presence
-from reader.sim.card_side import CardSide
-from reader.sim.pcscd import VPCD_PORTS, PcscdBench
-from reader.sim.vpcd import VpcdLink
+from reader.backends.base import CancelEvent, CardSide, ReaderKind
+from reader.backends.pcsc import PcscReader
+from sscard_sim.pcscd import VPCD_PORTS, PcscdBench, wait_for_presence
+from sscard_sim.vpcd import VpcdLink
 from tests.conftest import SLOT0
 
 # pcscd polls vpcd every 400 ms (PCSCLITE_STATUS_POLL_RATE): the bound of every event.

@@ -13,16 +13,17 @@ from typing import Any
 import pytest
 import structlog
 
-from reader.backends.pcsc import wait_for_presence
 from reader.cli import build_parser
 from reader.log import configure_logging
-from reader.sim.card import VirtualCard
-from reader.sim.nfc_udp import NfcUdpCard
-from reader.sim.pn532 import Pn532Simulator
-from reader.sim.psam import VirtualPsam
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.card import VirtualCard
+from sscard_sim.nfc_udp import NfcUdpCard
+from sscard_sim.pcscd import wait_for_presence
+from sscard_sim.pn532 import Pn532Simulator
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.vpcd import VpcdLink
 from tests.conftest import SLOT0, SLOT1
 from tests.readers.cards import CountingCard
+from tests.support import VPCD
 
 Present = Callable[..., VpcdLink]
 Sscard = Callable[..., subprocess.CompletedProcess[str]]
@@ -78,7 +79,7 @@ def pty_path() -> Iterator[str]:
 def test_readers_gives_each_slot_its_role_and_card(present: Present) -> None:
     present(CountingCard(), SLOT0)
     assert wait_for_presence(SLOT0, present=True), "pcscd never saw the card"  # roles, not latency
-    result = sscard_process("readers", "--json")
+    result = sscard_process("readers", "--config", VPCD, "--json")
     assert result.returncode == 0, result.stderr
     rows = rows_of(result)
     assert rows[SLOT0]["role"] == "contactless"
@@ -91,7 +92,8 @@ def test_readers_gives_each_slot_its_role_and_card(present: Present) -> None:
 def test_readers_reports_what_the_configuration_names_and_is_missing(
     pcscd: object, config: Callable[[str], Path], tmp_path: Path, sscard: Sscard
 ) -> None:
-    path = config(f'[readers.pcsc]\nsam = "no such reader"\n[readers.serial]\nrelay = "{tmp_path}/ttyRELAY"\n')
+    pcsc = '[readers.pcsc]\ncontactless = "virtual pcd 00 00"\nsam = "no such reader"\n'
+    path = config(f'{pcsc}[readers.serial]\nrelay = "{tmp_path}/ttyRELAY"\n')
     result = sscard("readers", "--config", str(path), "--json")
     assert result.returncode == 1
     rows = rows_of(result)
@@ -105,7 +107,8 @@ def test_readers_opens_configured_nfc_and_serial_devices(
 ) -> None:
     with NfcUdpCard(CountingCard(), present=False) as card:
         nfc_path = card.path
-        path = config(f'[readers.nfc]\npath = "{nfc_path}"\n[readers.serial]\ndisplay = "{pty_path}"\n')
+        pcsc = '[readers.pcsc]\ncontactless = "virtual pcd 00 00"\nsam = "virtual pcd 00 01"\n'
+        path = config(f'{pcsc}[readers.nfc]\npath = "{nfc_path}"\n[readers.serial]\ndisplay = "{pty_path}"\n')
         result = sscard("readers", "--config", str(path), "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     rows = rows_of(result)
@@ -128,7 +131,7 @@ def test_read_over_pcsc_masks_personal_fields_and_uses_the_psam(present: Present
     present(VirtualPsam.from_profile(), SLOT1)
     assert wait_for_presence(SLOT1, present=True)
     present(sichuan, SLOT0)
-    result = sscard_process("read", "--json", "--timeout", "10")
+    result = sscard_process("read", "--config", VPCD, "--json", "--timeout", "10")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["reader"] == SLOT0
@@ -145,7 +148,7 @@ def test_read_reveal_shows_the_card_as_personalised(present: Present, sichuan: V
     present(VirtualPsam.from_profile(), SLOT1)
     assert wait_for_presence(SLOT1, present=True)
     present(sichuan, SLOT0)
-    result = sscard("read", "--json", "--reveal", "--reader", SLOT0, "--timeout", "10")
+    result = sscard("read", "--config", VPCD, "--json", "--reveal", "--reader", SLOT0, "--timeout", "10")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     ssse = document["image"]["data"]["ssse"]
@@ -158,7 +161,7 @@ def test_read_reveal_shows_the_card_as_personalised(present: Present, sichuan: V
 
 def test_read_text_output(present: Present, sichuan: VirtualCard, sscard: Sscard) -> None:
     present(sichuan, SLOT0)
-    result = sscard("read", "--no-psam", "--timeout", "10")
+    result = sscard("read", "--config", VPCD, "--no-psam", "--timeout", "10")
     assert result.returncode == 0, result.stderr
     assert f"reader  {SLOT0}" in result.stdout
     assert "personal fields masked" in result.stdout
@@ -167,7 +170,7 @@ def test_read_text_output(present: Present, sichuan: VirtualCard, sscard: Sscard
 def test_read_over_nfc_udp(pcscd: object, sichuan: VirtualCard, sscard: Sscard) -> None:
     with NfcUdpCard(sichuan) as card:
         nfc_path = card.path
-        result = sscard("read", "--json", "--reveal", "--reader", nfc_path, "--timeout", "15")
+        result = sscard("read", "--config", VPCD, "--json", "--reveal", "--reader", nfc_path, "--timeout", "15")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["reader"] == nfc_path
@@ -179,7 +182,7 @@ def test_read_over_nfc_udp(pcscd: object, sichuan: VirtualCard, sscard: Sscard) 
 def test_read_over_the_simulated_pn532(pcscd: object, sichuan: VirtualCard, sscard: Sscard) -> None:
     simulator = Pn532Simulator(sichuan).start()
     try:
-        result = sscard("read", "--json", "--reader", simulator.path, "--timeout", "15")
+        result = sscard("read", "--config", VPCD, "--json", "--reader", simulator.path, "--timeout", "15")
     finally:
         simulator.stop()
     assert result.returncode == 0, result.stderr
@@ -188,6 +191,6 @@ def test_read_over_the_simulated_pn532(pcscd: object, sichuan: VirtualCard, ssca
 
 
 def test_read_without_a_card_times_out(pcscd: object, sscard: Sscard) -> None:
-    result = sscard("read", "--timeout", "0.5")
+    result = sscard("read", "--config", VPCD, "--timeout", "0.5")
     assert result.returncode == 3
     assert "no card" in result.stderr

@@ -15,7 +15,6 @@ from reader.backends.base import (
     TransmitTimeout,
     WaitCancelled,
 )
-from reader.backends.inprocess import InProcessReader
 from reader.backends.watchdog import (
     DeadlineExceeded,
     ExchangeWorker,
@@ -23,6 +22,7 @@ from reader.backends.watchdog import (
     WorkerClosed,
     abandoned_workers,
 )
+from sscard_sim.inprocess import InProcessReader
 from tests.readers.cards import GET_DATA, READ_BINARY, SELECT, CountingCard, HangingCard, LeavingCard
 
 

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from reader.backends.base import CardChannel, ReaderKind
-from reader.backends.inprocess import InProcessReader
-from reader.backends.loop import Backoff, LoopState, ReaderLoop, all_alive
+from reader.backends.loop import LoopState, ReaderLoop, all_alive
 from reader.backends.pcsc import PcscReader
-from reader.sim.vpcd import VpcdLink
+from reader.backoff import Backoff
+from sscard_sim.inprocess import InProcessReader
+from sscard_sim.vpcd import VpcdLink
 from tests.readers.cards import GET_DATA, READ_BINARY, SELECT, CountingCard, HangingCard, LeavingCard
 from tests.readers.conftest import POLL_BOUND, SLACK
 
@@ -37,7 +38,7 @@ class Recorder:
         self.apdus = apdus or (SELECT,)
         self.seen: queue.Queue[list[bytes]] = queue.Queue()
 
-    def __call__(self, channel: CardChannel) -> None:
+    def __call__(self, channel: CardChannel, tap_id: str) -> None:
         self.seen.put([channel.transmit(apdu) for apdu in self.apdus])
 
 
@@ -123,7 +124,7 @@ def test_a_bug_in_processing_does_not_stop_the_reader(
     reader = InProcessReader("gate")
     calls: queue.Queue[int] = queue.Queue()
 
-    def process(channel: CardChannel) -> None:
+    def process(channel: CardChannel, tap_id: str) -> None:
         calls.put(1)
         raise ZeroDivisionError("bug in card code")
 
@@ -143,7 +144,7 @@ def test_reader_unavailable_is_retried_with_backoff_until_it_returns(
 ) -> None:
     reader = InProcessReader("gate")
     recorder = Recorder()
-    loop = run(loops, reader, recorder, backoff=Backoff(initial=0.01, cap=0.05))
+    loop = run(loops, reader, recorder, backoff=Backoff(initial=0.01, cap=0.05, jitter=False))
     reader.unplug()
     assert until(lambda: loop.state is LoopState.RECOVERING)
     time.sleep(0.2)  # several attempts while the reader is away
@@ -159,7 +160,7 @@ def test_reader_unavailable_is_retried_with_backoff_until_it_returns(
 
 
 def test_backoff_grows_to_its_cap_and_resets() -> None:
-    backoff = Backoff(initial=0.05, factor=2.0, cap=0.3)
+    backoff = Backoff(initial=0.05, multiplier=2.0, cap=0.3, jitter=False)
     assert [backoff.next_delay() for _ in range(5)] == [0.05, 0.1, 0.2, 0.3, 0.3]
     backoff.reset()
     assert backoff.next_delay() == 0.05

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from reader.backends.base import CancelEvent, ReaderKind, WaitCancelled
 from reader.backends.pcsc import PcscChannel, PcscReader
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.vpcd import VpcdLink
 from tests.conftest import SLOT0, SLOT1
 from tests.readers.cards import GET_DATA, SELECT, CountingCard
 from tests.readers.conftest import POLL_BOUND, SLACK

@@ -12,8 +12,8 @@ from reader.backends.base import CardChannel, CardRemoved, ReaderUnavailable, Tr
 from reader.backends.loop import ReaderLoop
 from reader.backends.pcsc import PcscReader
 from reader.backends.watchdog import abandoned_workers
-from reader.sim.pcscd import PcscdBench
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.pcscd import PcscdBench
+from sscard_sim.vpcd import VpcdLink
 from tests.readers.cards import GET_DATA, READ_BINARY, SELECT, CountingCard, HangingCard, LeavingCard
 from tests.readers.conftest import POLL_BOUND, SLACK
 
@@ -128,8 +128,8 @@ def test_an_open_channel_fails_fast_when_pcscd_restarts(
     channel.close()
 
 
-def _select(results: queue.Queue[str]) -> Callable[[CardChannel], None]:
-    def process(channel: CardChannel) -> None:
+def _select(results: queue.Queue[str]) -> Callable[[CardChannel, str], None]:
+    def process(channel: CardChannel, tap_id: str) -> None:
         results.put(channel.transmit(SELECT).hex())
 
     return process

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 import structlog
 
-from reader.backends.pcsc import wait_for_presence
 from reader.cli import build_parser
 from reader.log import configure_logging
-from reader.sim.card import VirtualCard
-from reader.sim.psam import VirtualPsam
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.card import VirtualCard
+from sscard_sim.pcscd import wait_for_presence
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.vpcd import VpcdLink
 from tests.conftest import SLOT0, SLOT1
+from tests.support import VPCD
 
 Present = Callable[..., VpcdLink]
 Sscard = Callable[..., subprocess.CompletedProcess[str]]
@@ -69,7 +70,7 @@ def test_read_with_a_psam_that_cannot_authenticate_shows_what_it_could_read(
     _psam(present, "foreign-psam")
     card = VirtualCard.from_profile("sichuan")
     present(card, SLOT0)
-    result = sscard("read", "--json", "--reveal", "--timeout", "10")
+    result = sscard("read", "--config", VPCD, "--json", "--reveal", "--timeout", "10")
     document = _json(result)
     ssse = document["image"]["data"]["ssse"]
     assert (ssse["authenticated"], ssse["ef06_read"]) == (False, False)
@@ -89,7 +90,7 @@ def test_read_with_a_psam_that_cannot_authenticate_shows_what_it_could_read(
 def test_read_with_a_psam_that_cannot_authenticate_in_text(present: Present, sscard: Sscard) -> None:
     _psam(present, "foreign-psam")
     present(VirtualCard.from_profile("chongqing"), SLOT0)
-    lines = _lines(sscard("read", "--timeout", "10"))
+    lines = _lines(sscard("read", "--config", VPCD, "--timeout", "10"))
     problem = lines["ssse.authentication_problem"]
     assert problem.endswith("the PSAM does not know the command (6D00 to PSAM VERIFY CARD)")
     assert lines["ssse.spec_version"] == "3.00"
@@ -99,7 +100,7 @@ def test_read_with_a_psam_that_cannot_authenticate_in_text(present: Present, ssc
 def test_read_of_a_clone_says_it_failed_authentication_and_exits_1(present: Present, sscard: Sscard) -> None:
     _psam(present, "demo-psam")
     present(VirtualCard.from_profile("cloned"), SLOT0)
-    result = sscard("read", "--timeout", "10")
+    result = sscard("read", "--config", VPCD, "--timeout", "10")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the card could not be read: SSSE authentication failed at psam verify card" in result.stderr
     assert "6300" in result.stderr
@@ -120,10 +121,10 @@ def test_read_joins_the_name_with_its_extension(present: Present, sscard: Sscard
     _psam(present, "demo-psam")
     present(long_name, SLOT0)
     full = long_name.profile.ssse.name + EXTENSION
-    ssse = _json(sscard("read", "--json", "--reveal", "--timeout", "10"))["image"]["data"]["ssse"]
+    ssse = _json(sscard("read", "--config", VPCD, "--json", "--reveal", "--timeout", "10"))["image"]["data"]["ssse"]
     assert ssse["full_name"] == full
     assert (ssse["name"], ssse["name_extension"]) == (long_name.profile.ssse.name, EXTENSION)
-    text = sscard("read", "--reveal", "--timeout", "10")
+    text = sscard("read", "--config", VPCD, "--reveal", "--timeout", "10")
     assert _lines(text)["ssse.name"] == full
     assert "ssse.name_extension" not in text.stdout
 
@@ -131,7 +132,7 @@ def test_read_joins_the_name_with_its_extension(present: Present, sscard: Sscard
 def test_read_masks_the_joined_name(present: Present, sscard: Sscard, long_name: VirtualCard) -> None:
     _psam(present, "demo-psam")
     present(long_name, SLOT0)
-    result = sscard("read", "--json", "--timeout", "10")
+    result = sscard("read", "--config", VPCD, "--json", "--timeout", "10")
     document = _json(result)
     assert document["image"]["data"]["ssse"]["full_name"] == "***"
     assert "ssse.full_name" in document["image"]["personal"]
@@ -143,14 +144,14 @@ def test_read_masks_the_transport_card_number_unless_revealed(present: Present, 
     assert card.profile.tunion is not None
     serial = card.profile.tunion.public.application_serial
     present(card, SLOT0)
-    masked = sscard("read", "--json", "--no-psam", "--timeout", "10")
+    masked = sscard("read", "--config", VPCD, "--json", "--no-psam", "--timeout", "10")
     document = _json(masked)
     assert document["image"]["data"]["tunion"]["public"]["application_serial"] == "***"
     assert "tunion.public.application_serial" in document["image"]["personal"]
-    text = sscard("read", "--no-psam", "--timeout", "10")
+    text = sscard("read", "--config", VPCD, "--no-psam", "--timeout", "10")
     for result in (masked, text):
         assert serial not in result.stdout and serial[1:] not in result.stdout
-    revealed = _json(sscard("read", "--json", "--no-psam", "--reveal", "--timeout", "10"))
+    revealed = _json(sscard("read", "--config", VPCD, "--json", "--no-psam", "--reveal", "--timeout", "10"))
     assert revealed["image"]["data"]["tunion"]["public"]["application_serial"] == serial
 
 
@@ -160,9 +161,10 @@ def test_read_shows_own_money_apart_from_the_overdraft_allowance(present: Presen
     own, allowance = card.profile.tunion.balance, card.profile.tunion.overdraft_limit
     assert allowance > 0
     present(card, SLOT0)
-    tunion = _json(sscard("read", "--json", "--no-psam", "--timeout", "10"))["image"]["data"]["tunion"]
+    document = _json(sscard("read", "--config", VPCD, "--json", "--no-psam", "--timeout", "10"))
+    tunion = document["image"]["data"]["tunion"]
     assert (tunion["balance"], tunion["overdraft_allowance"]) == (own, allowance)
-    lines = _lines(sscard("read", "--no-psam", "--timeout", "10"))
+    lines = _lines(sscard("read", "--config", VPCD, "--no-psam", "--timeout", "10"))
     assert lines["tunion.balance"] == f"{own // 100}.{own % 100:02d} yuan"
     assert lines["tunion.overdraft_allowance"] == f"{allowance // 100}.{allowance % 100:02d} yuan"
 
@@ -174,9 +176,9 @@ def test_read_shows_amounts_in_yuan_and_json_in_fen(present: Present, sscard: Ss
     logged = [record.amount for record in card.profile.tunion.transactions]
     assert ecash_fen % 100 and logged
     present(card, SLOT0)
-    data = _json(sscard("read", "--json", "--no-psam", "--timeout", "10"))["image"]["data"]
+    data = _json(sscard("read", "--config", VPCD, "--json", "--no-psam", "--timeout", "10"))["image"]["data"]
     assert data["ecash"]["balance"] == ecash_fen
-    lines = _lines(sscard("read", "--no-psam", "--timeout", "10"))
+    lines = _lines(sscard("read", "--config", VPCD, "--no-psam", "--timeout", "10"))
     assert lines["ecash.balance"] == f"{ecash_fen // 100}.{ecash_fen % 100:02d} yuan"
     shown = [lines[f"tunion.transactions[{i}].amount"] for i in range(len(data["tunion"]["transactions"]))]
     assert sorted(shown) == sorted(f"{fen // 100}.{fen % 100:02d} yuan" for fen in logged)
@@ -185,7 +187,8 @@ def test_read_shows_amounts_in_yuan_and_json_in_fen(present: Present, sscard: Ss
 
 def test_read_says_it_is_waiting_before_a_card_comes(present: Present) -> None:
     """In a process of its own: the line must be on stderr while no card is there yet."""
-    command = [sys.executable, "-m", "reader.cli", "read", "--reader", SLOT0, "--no-psam", "--timeout", "20"]
+    command = [sys.executable, "-m", "reader.cli", "read", "--config", VPCD, "--reader", SLOT0, "--no-psam"]
+    command += ["--timeout", "20"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stderr is not None
@@ -204,6 +207,6 @@ def test_read_says_it_is_waiting_before_a_card_comes(present: Present) -> None:
 
 
 def test_read_without_a_card_names_the_readers_it_waited_on(pcscd: object, sscard: Sscard) -> None:
-    result = sscard("read", "--timeout", "0.5")
+    result = sscard("read", "--config", VPCD, "--timeout", "0.5")
     assert result.returncode == 3
     assert "waiting for a card on pcsc-contactless (/" in result.stderr

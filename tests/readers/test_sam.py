@@ -8,11 +8,11 @@ from collections.abc import Callable
 import pytest
 
 from reader.backends.base import CardRemoved, ReaderError, ReaderKind, ReaderUnavailable
-from reader.backends.inprocess import InProcessReader
 from reader.backends.pcsc import PcscReader
 from reader.backends.sam import SamNotPresent, SamSlot
-from reader.sim.pcscd import PcscdBench
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.inprocess import InProcessReader
+from sscard_sim.pcscd import PcscdBench
+from sscard_sim.vpcd import VpcdLink
 from tests.conftest import SLOT1
 from tests.readers.cards import GET_DATA, CountingCard
 

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from reader.backends.base import ReaderKind
+from reader.backends.pcsc import contactless_reader, sam_reader
 from reader.backends.settings import PcscSettings, ReaderSettings, load_reader_settings
 
 
-def test_defaults_describe_the_vpcd_bench() -> None:
+def test_defaults_never_pair_with_the_virtual_readers() -> None:
+    """A terminal with vpcd installed must not take a virtual PSAM unless told to."""
     pcsc = ReaderSettings().pcsc
-    assert pcsc.role_of("Virtual PCD 00 00") == "contactless"
-    assert pcsc.role_of("Virtual PCD 00 01") == "sam"
+    assert pcsc.role_of("Virtual PCD 00 00") is None
+    assert pcsc.role_of("Virtual PCD 00 01") is None
+
+
+def test_loading_the_configuration_loads_no_hardware_library() -> None:
+    """`sscard check-config` on a machine without pcsc-lite or nfcpy must work."""
+    code = "import sys, reader.config; print(sorted(m for m in ('smartcard', 'nfc', 'serial') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 @pytest.mark.parametrize(
@@ -33,11 +44,11 @@ def test_default_patterns_on_real_reader_names(reader: str, role: str | None) ->
 
 def test_the_sam_slot_is_never_taken_for_the_contactless_slot() -> None:
     settings = PcscSettings(contactless="dual reader", sam="SAM")
-    tap = settings.contactless_reader()
+    tap = contactless_reader(settings)
     assert tap.kind is ReaderKind.CONTACTLESS
     assert tap.matches("ACS ACR1281 1S Dual Reader PICC 00 00")
     assert not tap.matches("ACS ACR1281 1S Dual Reader SAM 00 00")
-    sam = settings.sam_reader()
+    sam = sam_reader(settings)
     assert sam is not None and sam.kind is ReaderKind.SAM
     assert sam.matches("ACS ACR1281 1S Dual Reader SAM 00 00")
     tap.close()
@@ -45,7 +56,7 @@ def test_the_sam_slot_is_never_taken_for_the_contactless_slot() -> None:
 
 
 def test_no_sam_configured() -> None:
-    assert PcscSettings(sam=None).sam_reader() is None
+    assert sam_reader(PcscSettings(sam=None)) is None
 
 
 def test_load_reads_the_readers_table(tmp_path: Path) -> None:

@@ -27,17 +27,16 @@ from typing import Any
 
 import pytest
 
-from reader.backends.pcsc import wait_for_presence
+from reader.backends.base import CardSide
 from reader.daemon.journal import Journal
 from reader.daemon.record import card_token
-from reader.sim.card import VirtualCard
-from reader.sim.card_side import CardSide
-from reader.sim.pcscd import VPCD_PORTS, PcscdBench
-from reader.sim.psam import VirtualPsam
-from reader.sim.vpcd import VpcdLink
 from reader.uplink.hotlist import encode_hotlist
 from reader.uplink.queue import TapQueue
 from reader.uplink.settings import QueueSettings
+from sscard_sim.card import VirtualCard
+from sscard_sim.pcscd import VPCD_PORTS, PcscdBench, wait_for_presence
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.vpcd import VpcdLink
 from tests.conftest import SLOT0, SLOT1
 
 SSCARD = Path(sys.executable).with_name("sscard")

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from reader.commands.demo import script
-from reader.sim.pcscd import PcscdBench
+from sscard_sim.commands.demo import script
+from sscard_sim.pcscd import PcscdBench
 
 SSCARD = Path(sys.executable).with_name("sscard")
 RUN_TIMEOUT_S = 120.0

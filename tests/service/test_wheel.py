@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from reader.sim.pcscd import PcscdBench
+from sscard_sim.pcscd import PcscdBench
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("reader", "protocols", "config", "systemd", "pyproject.toml", "README.md", "LICENSE")

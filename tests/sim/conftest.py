@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from reader.sim.pcscd import VPCD_PORTS, PcscdBench
-from reader.sim.psam import VirtualPsam
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.pcscd import VPCD_PORTS, PcscdBench
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.vpcd import VpcdLink
 from tests.conftest import SLOT1, wait_for_state
 from tests.sim.pcsc_client import PcscChannel
 

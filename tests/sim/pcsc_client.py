@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from smartcard import scard
 
+from protocols.errors import TransportError
 
-class CardGone(ConnectionError):
+
+class CardGone(ConnectionError, TransportError):
     """SCardTransmit failed or came back empty: the card left the reader."""
 
 

@@ -18,8 +18,8 @@ from protocols.ssse_read import read_ssse
 from protocols.status import ApplicationLocked, InsufficientBalance, MacInvalid
 from protocols.tunion import select_tunion
 from protocols.tunion_read import read_tunion
-from reader.sim.card import VirtualCard
-from reader.sim.profile import bundled_profiles, load_card_profile
+from sscard_sim.card import VirtualCard
+from sscard_sim.profile import bundled_profiles, load_card_profile
 from tests.conftest import SLOT0
 from tests.sim.pcsc_client import PcscChannel
 

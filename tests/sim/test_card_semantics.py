@@ -43,8 +43,8 @@ from protocols.tunion import (
     update_capp_data_cache,
 )
 from protocols.tunion_read import read_tunion
-from reader.sim.card import VirtualCard
-from reader.sim.psam import VirtualPsam
+from sscard_sim.card import VirtualCard
+from sscard_sim.psam import VirtualPsam
 
 WHEN = dt.datetime(2025, 6, 1, 8, 30, 0)
 

@@ -1,4 +1,4 @@
-"""The SM4 scheme of reader.sim.crypto against vectors derived outside the module.
+"""The SM4 scheme of sscard_sim.crypto against vectors derived outside the module.
 
 The cipher is checked on the GB/T 32907 example vectors. Everything above it (padding, MAC,
 diversification, session key, MAC1, MAC2, TAC, SSSE authentication) is re-derived here from
@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from protocols.purchase import PurchaseRequest, PurchaseResult, purchase
-from reader.sim import crypto
-from reader.sim.card import VirtualCard
-from reader.sim.keys import load_master_keys
-from reader.sim.profile import PROFILE_DIR
-from reader.sim.psam import VirtualPsam
+from sscard_sim import crypto
+from sscard_sim.card import VirtualCard
+from sscard_sim.keys import load_master_keys
+from sscard_sim.profile import PROFILE_DIR
+from sscard_sim.psam import VirtualPsam
 
 GBT_KEY = bytes.fromhex("0123456789abcdeffedcba9876543210")
 

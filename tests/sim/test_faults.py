@@ -15,11 +15,11 @@ import time
 import pytest
 
 from protocols.purchase import PurchaseFailure, PurchaseRequest, purchase
-from reader.sim.card import VirtualCard
-from reader.sim.cos import CardTorn
-from reader.sim.faults import Fault, FaultKind, FaultPlanError, FaultyChip
-from reader.sim.psam import VirtualPsam
-from reader.sim.tearing import TearingCard
+from sscard_sim.card import VirtualCard
+from sscard_sim.cos import CardTorn
+from sscard_sim.faults import Fault, FaultKind, FaultPlanError, FaultyChip
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.tearing import TearingCard
 
 INS_DEBIT = 0x54
 FARE = 200
@@ -29,7 +29,7 @@ REQUEST = PurchaseRequest(amount=FARE, time=dt.datetime(2026, 5, 20, 9, 0, 0))
 def _purchase(card: FaultyChip) -> object:
     """The purchase's outcome (a result, a failure, or a refusal), judged by the caller."""
     psam = VirtualPsam.from_profile("demo-psam")
-    return purchase(card.transmit, psam.transmit, REQUEST, transport_errors=(CardTorn,))
+    return purchase(card.transmit, psam.transmit, REQUEST)
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from reader.sim.card import VirtualCard
-from reader.sim.keys import KeyFileError, load_master_keys
-from reader.sim.profile import PROFILE_DIR, ProfileError, load_card_profile, load_psam_profile, resolve_profile
+from sscard_sim.card import VirtualCard
+from sscard_sim.keys import KeyFileError, load_master_keys
+from sscard_sim.profile import PROFILE_DIR, ProfileError, load_card_profile, load_psam_profile, resolve_profile
 
 
 def test_a_profile_elsewhere_can_inherit_a_bundled_one(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ import pytest
 from protocols.purchase import PurchaseRequest, PurchaseResult, purchase
 from protocols.ssse_read import read_ssse
 from protocols.tunion_read import read_tunion
-from reader.sim.pcscd import PcscdBench
-from reader.sim.psam import VirtualPsam
+from sscard_sim.pcscd import PcscdBench
+from sscard_sim.psam import VirtualPsam
 from tests.conftest import SLOT0, SLOT1, wait_for_state
 from tests.sim.pcsc_client import PcscChannel
 

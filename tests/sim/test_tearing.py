@@ -24,11 +24,11 @@ from protocols.ppse import select_ppse
 from protocols.purchase import NotDebited, PurchaseFailure, PurchaseRequest, PurchaseResult, Step, purchase, recover
 from protocols.tunion import TRANSACTION_RECORD_LAYOUT, get_transaction_proof, select_tunion
 from protocols.tunion_read import read_tunion
-from reader.sim.card import VirtualCard
-from reader.sim.pcscd import VPCD_PORTS, PcscdBench
-from reader.sim.state import CardMemory
-from reader.sim.tearing import TearingCard, When
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.card import VirtualCard
+from sscard_sim.pcscd import VPCD_PORTS, PcscdBench
+from sscard_sim.state import CardMemory
+from sscard_sim.tearing import TearingCard, When
+from sscard_sim.vpcd import VpcdLink
 from tests.conftest import SLOT0, wait_for_state
 from tests.sim.pcsc_client import CardGone, PcscChannel
 from tests.sim.test_card_semantics import capp_updates
@@ -109,7 +109,7 @@ def test_torn_purchase_is_applied_once_or_not_at_all(bench: Bench, psam: PcscCha
     with PcscChannel(SLOT0) as channel:
         try:
             request = PurchaseRequest(FARE, WHEN, updates=capp_updates(0x5A))
-            outcome = purchase(channel.transmit, psam.transmit, request, transport_errors=(CardGone,))
+            outcome = purchase(channel.transmit, psam.transmit, request)
         finally:
             bench.virtual.tear_at = set()
         assert isinstance(outcome, PurchaseFailure), "the tear must interrupt the purchase"

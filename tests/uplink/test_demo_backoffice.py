@@ -1,4 +1,4 @@
-"""The demo's embedded back office (reader/sim/backoffice.py) against the real HTTP uplink.
+"""The demo's embedded back office (sscard_sim/backoffice.py) against the real HTTP uplink.
 
 The demo can only claim "delivered" if the uplink really drains to it: these tests run the
 real HttpUplink over loopback HTTP into it, and post by hand what a broken terminal or a
@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reader.sim.backoffice import BackOffice
 from reader.uplink.http_uplink import HttpUplink, sign
 from reader.uplink.queue import TapQueue
 from reader.uplink.settings import HttpUplinkSettings
+from sscard_sim.backoffice import BackOffice
 from tests.support.taps import tap_record
 from tests.support.waiting import wait_until
 from tests.uplink.conftest import FAST_BACKOFF, TERMINAL

@@ -42,8 +42,8 @@ from functools import reduce
 from operator import xor
 from typing import Literal
 
+from reader.backends.base import CardSide
 from reader.log import get_logger
-from reader.sim.card_side import CardSide
 
 Technology = Literal["A", "B"]
 

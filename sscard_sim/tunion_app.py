@@ -56,11 +56,11 @@ from protocols.tunion import (
     TransactionProofAnswer,
     TransactionRecord,
 )
-from reader.sim import crypto
-from reader.sim.cos import Refusal, TearHook, exact_le, no_tear, window
-from reader.sim.keys import CardPurchaseKey
-from reader.sim.profile import TUnionProfile
-from reader.sim.state import MemoryStore, TransactionProof
+from sscard_sim import crypto
+from sscard_sim.cos import Refusal, TearHook, exact_le, no_tear, window
+from sscard_sim.keys import CardPurchaseKey
+from sscard_sim.profile import TUnionProfile
+from sscard_sim.state import MemoryStore, TransactionProof
 
 TRANSACTION_LOG_SIZE = 10
 PROCESS_LOG_SIZE = 30

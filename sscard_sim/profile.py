@@ -8,7 +8,7 @@ profiles is fictitious (names 测试…, ID numbers with sequence 999).
 
 A profile may name a `base` profile in its [card] table and override only what differs (the
 cloned card is the Sichuan card with other keys). Bundled profiles live in
-`reader/sim/profiles/`; `resolve_profile("sichuan")` finds one by name, any other argument
+`sscard_sim/profiles/`; `resolve_profile("sichuan")` finds one by name, any other argument
 is a path. Key files are found the same way, relative to the profile that names them.
 """
 
@@ -31,7 +31,7 @@ from protocols.tunion import (
     PublicInfo,
     TransactionRecord,
 )
-from reader.sim.keys import (
+from sscard_sim.keys import (
     CardPurchaseKey,
     CardSsseKeys,
     MasterKeys,

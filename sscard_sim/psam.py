@@ -19,7 +19,7 @@ What it holds, and the commands it answers:
   know these two commands at all: it answers 6D00 (profile `foreign-psam`).
 
 It holds master keys and diversifies per card, like a real PSAM; the cryptography is
-`reader.sim.crypto`. A real PSAM speaks T=0, where a command with data that returns data
+`sscard_sim.crypto`. A real PSAM speaks T=0, where a command with data that returns data
 answers 61xx and gives the data on GET RESPONSE; the profile's `t0_get_response` keeps that
 behaviour (the default), so terminals exercise their 61xx handling against it.
 """
@@ -54,11 +54,11 @@ from protocols.tunion import (
     TerminalNumber,
 )
 from reader.log import get_logger
-from reader.sim import crypto
-from reader.sim.cos import Chip, MoreData, Refusal, exact_le, window
-from reader.sim.keys import card_ssse_keys
-from reader.sim.profile import PsamProfile, load_psam_profile
-from reader.sim.state import StateFileError, write_atomically
+from sscard_sim import crypto
+from sscard_sim.cos import Chip, MoreData, Refusal, exact_le, window
+from sscard_sim.keys import card_ssse_keys
+from sscard_sim.profile import PsamProfile, load_psam_profile
+from sscard_sim.state import StateFileError, write_atomically
 
 _log = get_logger(component="virtual-psam")
 

@@ -34,12 +34,12 @@ from protocols.apdu import CommandApdu
 from protocols.fci import DirectoryEntry
 from protocols.tunion import PPSE_LABEL, TRANSACTION_RECORD_LAYOUT
 from reader.log import get_logger
-from reader.sim.cos import Application, CardTorn, Chip, MoreData, Refusal, exact_le
-from reader.sim.ecash_app import EcashApp, Ppse
-from reader.sim.profile import CardProfile, load_card_profile
-from reader.sim.ssse_app import SsseApp
-from reader.sim.state import CardMemory, MemoryStore
-from reader.sim.tunion_app import TUnionApp, blank_capp_record
+from sscard_sim.cos import Application, CardTorn, Chip, MoreData, Refusal, exact_le
+from sscard_sim.ecash_app import EcashApp, Ppse
+from sscard_sim.profile import CardProfile, load_card_profile
+from sscard_sim.ssse_app import SsseApp
+from sscard_sim.state import CardMemory, MemoryStore
+from sscard_sim.tunion_app import TUnionApp, blank_capp_record
 
 _log = get_logger(component="virtual-card")
 

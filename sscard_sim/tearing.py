@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from reader.sim.card_side import CardSide
-from reader.sim.faults import Fault, FaultKind, FaultyChip
+from reader.backends.base import CardSide
+from sscard_sim.faults import Fault, FaultKind, FaultyChip
 
 When = Literal["before", "after"]
 

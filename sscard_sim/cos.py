@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from protocols.apdu import CommandApdu
-from protocols.errors import ProtocolError
+from protocols.errors import ProtocolError, TransportError
 from reader.log import get_logger
-from reader.sim.state import StateFileError
+from sscard_sim.state import StateFileError
 
 _log = get_logger(component="virtual-chip")
 
@@ -44,7 +44,7 @@ class MoreData(Exception):
         return self.data + bytes((0x61, self.remaining & 0xFF))
 
 
-class CardTorn(ConnectionAbortedError):
+class CardTorn(ConnectionAbortedError, TransportError):
     """Power was lost while the card processed a command: no answer ever leaves the card."""
 
 

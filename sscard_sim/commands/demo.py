@@ -33,20 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from reader.backends.pcsc import wait_for_presence
+from reader.backends.base import CardSide
 from reader.config import Config, parse_config
 from reader.daemon.app import Daemon
 from reader.daemon.events import Subscription
 from reader.daemon.feedback import Signal, yuan
 from reader.log import configure_logging
 from reader.resources import example_config_path
-from reader.sim.backoffice import BackOffice
-from reader.sim.card import VirtualCard
-from reader.sim.card_side import CardSide
-from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS, PcscdBench
-from reader.sim.psam import VirtualPsam
-from reader.sim.tearing import TearingCard
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.backoffice import BackOffice
+from sscard_sim.card import VirtualCard
+from sscard_sim.pcscd import VPCD_PORTS, VPCD_READERS, PcscdBench, wait_for_presence
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.tearing import TearingCard
+from sscard_sim.vpcd import VpcdLink
 
 INS_DEBIT = 0x54
 CARD_SLOT, SAM_SLOT = VPCD_READERS

@@ -38,9 +38,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reader.backends.base import CardSide
 from reader.log import get_logger
-from reader.sim.card_side import CardSide
-from reader.sim.cos import CardTorn
+from sscard_sim.cos import CardTorn
 
 _log = get_logger(component="fault-injection")
 

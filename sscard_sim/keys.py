@@ -3,7 +3,7 @@
 A key file holds the issuer's master keys the way a key ceremony hands them to a card
 personalisation line and to a PSAM: the card receives keys diversified for its serial, the
 PSAM keeps the masters. Key files are test and demo data only (they sit beside the card
-profiles in `reader/sim/profiles/`); the production terminal never reads one, its keys stay
+profiles in `sscard_sim/profiles/`); the production terminal never reads one, its keys stay
 inside a real PSAM.
 
 File format:
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reader.sim import crypto
+from sscard_sim import crypto
 
 
 class KeyFileError(ValueError):

@@ -28,9 +28,9 @@ from protocols.ecash import (
 from protocols.fci import DirectoryEntry, Fci
 from protocols.ppse import PPSE_NAME
 from protocols.tlv import Tlv, build_tlvs
-from reader.sim.cos import Refusal, exact_le
-from reader.sim.profile import EcashProfile
-from reader.sim.state import MemoryStore
+from sscard_sim.cos import Refusal, exact_le
+from sscard_sim.profile import EcashProfile
+from sscard_sim.state import MemoryStore
 
 ECASH_SFI = 0x01
 PDOL = bytes.fromhex("9F66049F02069F03069F1A0295055F2A029A039C019F3704")

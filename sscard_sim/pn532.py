@@ -19,7 +19,7 @@ SetSerialBaudRate, SetParameters, SAMConfiguration, PowerDown, RFConfiguration (
 the InCommunicateThru timeout), InListPassiveTarget (106 kbit/s type A and type B), InDataExchange,
 InCommunicateThru, InDeselect, InRelease, InSelect; InJumpForDEP/PSL and InATR find no target.
 
-The card is a `ContactlessCard` behind a `FieldCard` (reader.sim.nfc_udp), so it powers up when
+The card is a `ContactlessCard` behind a `FieldCard` (sscard_sim.nfc_udp), so it powers up when
 the field comes on and speaks real ISO/IEC 14443-3/-4 frames. nfcpy switches the firmware's
 automatic RATS off (SetParameters 00) and runs ISO-DEP itself through InCommunicateThru; with
 automatic RATS on (the default at power-up here), InListPassiveTarget activates ISO-DEP and
@@ -38,9 +38,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
+from reader.backends.base import CardSide
 from reader.log import get_logger
-from reader.sim.card_side import CardSide
-from reader.sim.nfc_udp import (
+from sscard_sim.nfc_udp import (
     DEFAULT_PUPI,
     DEFAULT_SAK,
     DEFAULT_UID,

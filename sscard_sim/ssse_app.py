@@ -20,11 +20,11 @@ from protocols.apdu import CommandApdu
 from protocols.fci import Fci
 from protocols.ssse import EF05, EF06, RKSSSE_KEY_ID, SSSE_DF_NAME, build_item_record, item
 from protocols.tlv import Tlv
-from reader.sim import crypto
-from reader.sim.cos import Refusal, exact_le
-from reader.sim.keys import CardSsseKeys
-from reader.sim.profile import SsseProfile
-from reader.sim.state import MemoryStore
+from sscard_sim import crypto
+from sscard_sim.cos import Refusal, exact_le
+from sscard_sim.keys import CardSsseKeys
+from sscard_sim.profile import SsseProfile
+from sscard_sim.state import MemoryStore
 
 SFI_EF05 = 0x05
 SFI_EF06 = 0x06

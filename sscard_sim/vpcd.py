@@ -20,8 +20,8 @@ import socket
 import threading
 import time
 
+from reader.backends.base import CardSide
 from reader.log import get_logger
-from reader.sim.card_side import CardSide
 
 CTRL_POWER_OFF = 0x00
 CTRL_POWER_ON = 0x01

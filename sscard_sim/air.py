@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from reader.sim.card_side import CardSide
+from reader.backends.base import CardSide
 
 FC_HZ = 13.56e6
 """The carrier frequency of ISO/IEC 14443."""

@@ -53,7 +53,7 @@ public, all of this is our choice):
         one cryptogram per challenge.
 
 Master keys are data, never code: the demo and test key sets live in key files beside the
-card profiles (`reader/sim/profiles/*-keys.toml`), which no production terminal loads.
+card profiles (`sscard_sim/profiles/*-keys.toml`), which no production terminal loads.
 """
 
 from __future__ import annotations

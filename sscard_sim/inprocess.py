@@ -19,6 +19,7 @@ from typing import TypeVar
 from reader.backends.atr import AtrInfo, classify_atr, read_uid
 from reader.backends.base import (
     CardRemoved,
+    CardSide,
     ReaderError,
     ReaderKind,
     ReaderUnavailable,
@@ -27,7 +28,6 @@ from reader.backends.base import (
     cancel_hook,
 )
 from reader.backends.watchdog import DeadlineExceeded, ExchangeWorker, WorkerAbandoned, WorkerClosed
-from reader.sim.card_side import CardSide
 
 T = TypeVar("T")
 

@@ -23,16 +23,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
+from reader.backends.base import CardSide
 from reader.log import get_logger
-from reader.sim.card import VirtualCard
-from reader.sim.card_side import CardSide
-from reader.sim.keys import KeyFileError
-from reader.sim.nfc_udp import NfcUdpCard
-from reader.sim.pcscd import VPCD_PORTS, VPCD_READERS
-from reader.sim.profile import ProfileError, bundled_profiles, load_card_profile
-from reader.sim.psam import VirtualPsam
-from reader.sim.state import StateFileError
-from reader.sim.vpcd import VpcdLink
+from sscard_sim.card import VirtualCard
+from sscard_sim.keys import KeyFileError
+from sscard_sim.nfc_udp import NfcUdpCard
+from sscard_sim.pcscd import VPCD_PORTS, VPCD_READERS
+from sscard_sim.profile import ProfileError, bundled_profiles, load_card_profile
+from sscard_sim.psam import VirtualPsam
+from sscard_sim.state import StateFileError
+from sscard_sim.vpcd import VpcdLink
 
 _log = get_logger(component="sim-command")
 

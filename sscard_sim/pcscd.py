@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reader.backends.base import ReaderError
+from reader.backends.base import ReaderError, ReaderUnavailable
 from reader.backends.pcsc import reader_states
 from reader.log import get_logger
 
@@ -122,3 +122,21 @@ class PcscdBench:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_for_presence(reader: str, present: bool, timeout: float = 3.0) -> bool:
+    """Block until pcscd reports `reader` with (or without) a card; False on timeout.
+
+    The bench, the demo and the tests insert virtual cards and must not race pcscd's 400 ms
+    presence poll.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = {state.name: state for state in reader_states()}
+        except ReaderUnavailable:
+            states = {}
+        if reader in states and states[reader].present == present:
+            return True
+        time.sleep(0.02)
+    return False
