@@ -12,7 +12,7 @@ import sys
 import time
 from types import ModuleType
 
-from bench import apdu_roundtrip, hotlist, parsing, queue_throughput, startup, tap_overhead
+from bench import apdu_roundtrip, hotlist, mqtt_drain, parsing, queue_throughput, startup, tap_overhead
 from bench.report import RESULTS, write
 from reader.log import configure_logging
 
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "tap_overhead": tap_overhead,
     "queue_throughput": queue_throughput,
     "hotlist": hotlist,
+    "mqtt_drain": mqtt_drain,
 }
 
 

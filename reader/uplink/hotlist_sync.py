@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import httpx
 import paho.mqtt.client as mqtt
 
-from reader.uplink.backoff import Backoff
+from reader.backoff import Backoff
 from reader.uplink.errors import HotlistFetchError, HotlistFormatError, HotlistVersionError, UplinkConfigError
 from reader.uplink.hotlist import KIND_DELTA, HotlistStore, peek, public_key
 from reader.uplink.mqtt_session import MqttConnectError, Session, new_client, open_session
@@ -70,7 +70,7 @@ class HttpHotlistSync(UplinkWorker):
         self._settings = settings
         self._key = _verify_key(settings)
         self._want_full = False
-        self._backoff = Backoff(settings.backoff, rng)
+        self._backoff = Backoff.of(settings.backoff, rng)
         verify = client_context(settings.tls) if self._url.startswith("https:") else False  # no TLS on http
         self._client = httpx.Client(
             timeout=httpx.Timeout(
@@ -170,7 +170,7 @@ class MqttHotlistSync(UplinkWorker):
         self._key = _verify_key(settings)
         self._parked: dict[int, bytes] = {}
         self._client_id = (broker.client_id or f"sscard-{terminal_id}") + "-hotlist"
-        self._backoff = Backoff(broker.reconnect, rng)
+        self._backoff = Backoff.of(broker.reconnect, rng)
         self._session: Session | None = None
         if broker.tls is not None:
             client_context(broker.tls)

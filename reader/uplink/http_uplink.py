@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from reader.uplink.backoff import Backoff, parse_retry_after
+from reader.backoff import Backoff, parse_retry_after
 from reader.uplink.errors import UplinkConfigError
 from reader.uplink.keys import read_key_file
 from reader.uplink.queue import QueuedTap, TapQueue
@@ -135,7 +135,7 @@ class HttpUplink(UplinkWorker):
         self._url = settings.url
         self._queue = queue
         self._settings = settings
-        self._backoff = Backoff(settings.backoff, rng)
+        self._backoff = Backoff.of(settings.backoff, rng)
         self._key = read_key_file(settings.hmac_key_file) if settings.hmac_key_file is not None else None
         # Plain http (a test bench, a local relay) has no TLS to verify; loading the CA store
         # for it would only slow the start. https always verifies unless settings say otherwise.

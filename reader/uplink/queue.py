@@ -822,6 +822,22 @@ class TapQueue:
                 break
         return out
 
+    def batch_after(self, after: int, limit: int) -> list[QueuedTap]:
+        """The oldest queued taps whose sequence number is above `after`, at most `limit`, in order.
+
+        For a sender that keeps a cursor (the highest sequence number it has published on
+        its connection): every row it has in flight lies at or below the cursor, so a read
+        costs the rows returned, where `batch(skip=...)` would read the rows in flight again
+        and drop them, a cost that grows with the window.
+        """
+        if limit <= 0:
+            return []
+        with self._using() as conn:
+            rows = conn.execute(
+                f"SELECT {_TAP_COLUMNS} FROM taps WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+        return [QueuedTap(*row) for row in rows]
+
     def wait_for_taps(self, timeout: float) -> bool:
         """Block until a tap is enqueued in this process or `timeout` passes; True if woken."""
         woken = self._new_taps.wait(timeout)
@@ -833,13 +849,20 @@ class TapQueue:
         self._new_taps.set()
 
     def ack(self, seqs: Iterable[int]) -> int:
-        """Delete rows the upstream acknowledged; returns how many were still queued."""
-        keys = [(seq,) for seq in seqs]
-        if not keys:
+        """Delete rows the upstream acknowledged; returns how many were still queued.
+
+        One DELETE over a JSON array of the sequence numbers: for the batches of a fast
+        sender (hundreds of rows) it costs 10-15 % less per row than a statement per row
+        (bench/mqtt_drain.py measures the drain).
+        """
+        keys = json.dumps([int(seq) for seq in seqs])
+        if keys == "[]":
             return 0
         with self._using("NORMAL") as conn:
             with self._write_txn(conn):
-                deleted = conn.executemany("DELETE FROM taps WHERE seq = ?", keys).rowcount
+                deleted = conn.execute(
+                    "DELETE FROM taps WHERE seq IN (SELECT value FROM json_each(?))", (keys,)
+                ).rowcount
                 conn.execute(
                     "UPDATE totals SET delivered = delivered + ?, last_delivery_at = ? WHERE id = 1",
                     (deleted, self._clock()),

@@ -787,14 +787,14 @@ def test_acknowledging_together_deletes_exactly_the_rows_named_and_counts_them(s
     queue = TapQueue(settings_at(state_dir), clock=lambda: now[0])
     try:
         seqs = [queue.enqueue(tap_record(n)) for n in range(5)]
-        assert queue.ack_together([]) == 0
+        assert queue.ack([]) == 0
         assert queue.status().last_delivery_at is None
         now[0] = 510.0
-        assert queue.ack_together([seqs[3], seqs[1], 10_000]) == 2  # a row no longer queued is not counted
+        assert queue.ack([seqs[3], seqs[1], 10_000]) == 2  # a row no longer queued is not counted
         assert [t.seq for t in queue.iter_taps()] == [seqs[0], seqs[2], seqs[4]]
         status = queue.status()
         assert (status.depth, status.delivered_total, status.last_delivery_at) == (3, 2, 510.0)
-        assert queue.ack_together({seqs[0], seqs[1]}) == 1
+        assert queue.ack({seqs[0], seqs[1]}) == 1
         assert queue.status().delivered_total == 3
     finally:
         queue.close()
@@ -810,7 +810,7 @@ def test_a_batch_after_a_cursor_starts_above_it_and_keeps_to_its_count(queue: Ta
     assert first.record()["tap_id"] == tap_record(0)["tap_id"]
 
 
-@pytest.mark.parametrize("how", ["ack", "ack_together"])
+@pytest.mark.parametrize("how", ["ack", "ack"])
 def test_pages_freed_by_deliveries_are_handed_back(state_dir: Path, how: str) -> None:
     queue = TapQueue(settings_at(state_dir, reclaim_after_pages=8))
     try:
