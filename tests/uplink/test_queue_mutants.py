@@ -12,7 +12,9 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 
 from reader.uplink.errors import (
     DiskFullError,
+    DuplicateTapError,
     QueueCorruptError,
     QueueFullError,
     QueueMissingError,
@@ -711,10 +714,11 @@ def test_a_closed_queue_refuses_every_use(queue_settings: QueueSettings) -> None
     queue = TapQueue(queue_settings)
     queue.enqueue(tap_record(1))
     queue.close()
-    with pytest.raises(UplinkError, match="closed"):
+    with pytest.raises(UplinkError, match=r"^queue .* is closed$"):
         queue.enqueue(tap_record(2))
-    with pytest.raises(UplinkError, match="closed"):
+    with pytest.raises(UplinkError, match=r"^queue .* is closed$"):
         queue.status()
+    assert queue.out_of_service is None  # closing is no storage failure
     reopened = TapQueue(queue_settings)
     try:
         assert reopened.status().depth == 1
@@ -782,7 +786,7 @@ def test_records_are_stored_as_compact_utf8_json_and_bad_ones_refused(queue: Tap
     assert queue.status().depth == 1
 
 
-def test_acknowledging_together_deletes_exactly_the_rows_named_and_counts_them(state_dir: Path) -> None:
+def test_an_acknowledgement_deletes_exactly_the_rows_named_and_counts_them(state_dir: Path) -> None:
     now = [500.0]
     queue = TapQueue(settings_at(state_dir), clock=lambda: now[0])
     try:
@@ -810,17 +814,235 @@ def test_a_batch_after_a_cursor_starts_above_it_and_keeps_to_its_count(queue: Ta
     assert first.record()["tap_id"] == tap_record(0)["tap_id"]
 
 
-@pytest.mark.parametrize("how", ["ack", "ack"])
-def test_pages_freed_by_deliveries_are_handed_back(state_dir: Path, how: str) -> None:
+def test_pages_freed_by_deliveries_are_handed_back(state_dir: Path) -> None:
     queue = TapQueue(settings_at(state_dir, reclaim_after_pages=8))
     try:
         seqs = [queue.enqueue(tap_record(n, route="r" * 3000)) for n in range(40)]
         conn = queue._conn()
         filled = conn.execute("PRAGMA page_count").fetchone()[0]
-        getattr(queue, how)(seqs[:2])  # a page or two free: below the threshold, kept for reuse
+        queue.ack(seqs[:2])  # a page or two free: below the threshold, kept for reuse
         assert conn.execute("PRAGMA freelist_count").fetchone()[0] > 0
-        getattr(queue, how)(seqs[2:])
+        queue.ack(seqs[2:])
         assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
         assert conn.execute("PRAGMA page_count").fetchone()[0] < filled - 20
     finally:
         queue.close()
+
+
+# == durability levels, bounds' words, and the edges of the open ===================================
+
+
+def synchronous(queue: TapQueue) -> int:
+    """This thread's connection's synchronous level (1 NORMAL, 2 FULL)."""
+    level: int = queue._conn().execute("PRAGMA synchronous").fetchone()[0]
+    return level
+
+
+def test_a_tap_commits_at_full_and_the_bookkeeping_at_normal(queue: TapQueue) -> None:
+    """The module's promise: enqueue syncs the WAL (a told-accepted tap survives a power cut); the
+    deletes and counters after it commit at NORMAL, off the senders' path; and the next enqueue
+    is back at FULL whatever ran before it."""
+    assert synchronous(queue) == 2
+    seqs = [queue.enqueue(tap_record(n)) for n in range(6)]
+    assert synchronous(queue) == 2
+    steps: list[Callable[[], object]] = [
+        lambda: queue.ack(seqs[:1]),
+        lambda: queue.record_failure(seqs[2:3], "timeout"),
+        lambda: queue.set_aside(seqs[3:4], "refused"),
+        queue.retry_poison,
+    ]
+    for n, step in enumerate(steps):
+        step()
+        assert synchronous(queue) == 1, n
+        queue.enqueue(tap_record(100 + n))
+        assert synchronous(queue) == 2, n
+
+
+def test_the_refusal_of_a_full_queue_says_how_full_it_is(state_dir: Path) -> None:
+    with sized(state_dir, max_taps=2) as queue:
+        queue.enqueue(tap_record(1))
+        queue.enqueue(tap_record(2))
+        with pytest.raises(QueueFullError) as full:
+            queue.enqueue(tap_record(3))
+        assert full.value.detail == "2 taps queued, bound is 2"
+    size = record_size(state_dir)
+    with sized(state_dir / "bytes", max_bytes=size) as queue:
+        queue.enqueue(tap_record(1))
+        with pytest.raises(QueueFullError) as full:
+            queue.enqueue(tap_record(2))
+        assert full.value.detail == f"queued records would reach {2 * size} bytes, bound is {size}"
+
+
+def test_a_reused_tap_id_is_refused_naming_the_tap_and_the_terminal(queue: TapQueue) -> None:
+    queue.enqueue(tap_record(1))
+    with pytest.raises(DuplicateTapError) as duplicate:
+        queue.enqueue(tap_record(1))
+    assert str(duplicate.value) == f"tap {tap_record(1)['tap_id']} of terminal VAL-000123 is already queued"
+    assert queue.out_of_service is None  # a terminal's bug, not a storage failure
+
+
+def test_a_batch_keeps_to_its_count_when_rows_in_flight_are_no_longer_queued(queue: TapQueue) -> None:
+    seqs = [queue.enqueue(tap_record(n)) for n in range(5)]
+    queue.ack(seqs[:1])
+    assert [t.seq for t in queue.batch(2, skip={seqs[0]})] == seqs[1:3]
+
+
+def test_the_queue_directory_is_created_owner_only_with_its_parents(state_dir: Path) -> None:
+    path = state_dir / "var" / "lib" / "sscard" / "q.sqlite3"
+    queue = TapQueue(QueueSettings(path=path, min_free_bytes=0))
+    try:
+        queue.enqueue(tap_record(1))
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        queue.close()
+    assert stat.S_IMODE(marker_of(QueueSettings(path=path)).stat().st_mode) == 0o600
+
+
+def test_a_file_of_another_schema_version_is_refused_naming_it(state_dir: Path) -> None:
+    settings = settings_at(state_dir)
+    TapQueue(settings).close()
+    db = sqlite3.connect(settings.path)
+    db.execute("PRAGMA user_version=2")
+    db.close()
+    with pytest.raises(QueueCorruptError) as refused:
+        TapQueue(settings)
+    assert (refused.value.path, refused.value.detail) == (settings.path, "schema version 2, this code knows 1")
+
+
+def test_a_corrupt_file_refused_at_open_names_its_path(state_dir: Path) -> None:
+    settings = settings_at(state_dir)
+    settings.path.write_bytes(b"\x01" * (2 * PAGE))
+    with pytest.raises(QueueCorruptError) as refused:
+        TapQueue(settings, on_corrupt="raise")
+    assert refused.value.path == settings.path
+
+
+@pytest.mark.parametrize(
+    ("offset", "field", "problem"),
+    [
+        # 32768 is a page size the format allows; read signed it would be refused as negative.
+        pytest.param(16, struct.pack(">H", 32768), "file size {size} is not a whole number of 32768-byte pages"),
+        # A count beyond 2**31 pages is more than the file holds, not a negative number.
+        pytest.param(28, struct.pack(">I", 0x80000001), "the header counts 2147483649 pages, the file holds {pages}"),
+        pytest.param(56, struct.pack(">I", 0x80000002), "text encoding 2147483650, this code writes UTF-8 (1)"),
+    ],
+)
+def test_header_fields_are_read_unsigned(sound_file: Path, offset: int, field: bytes, problem: str) -> None:
+    size = sound_file.stat().st_size
+    write_header(sound_file, offset, field)
+    expected = problem.format(size=size, pages=size // PAGE)
+    if offset == 28:
+        expected += ": truncated"
+    assert _header_problem(sound_file) == expected
+
+
+def unindexed(settings: QueueSettings, taps: int) -> None:
+    """A file whose index `extra` no longer matches its table: integrity_check lists each row.
+
+    (quick_check does not compare index contents; integrity_check does, one line per row.)
+    """
+    fill(settings, taps)
+    db = sqlite3.connect(settings.path, isolation_level=None)
+    db.execute("CREATE INDEX extra ON taps (tap_id)")
+    db.execute("PRAGMA writable_schema=ON")
+    db.execute("UPDATE sqlite_master SET sql = 'CREATE INDEX extra ON taps (body DESC)' WHERE name = 'extra'")
+    db.close()
+
+
+FIVE_ROWS = "; ".join(f"row {n} missing from index extra" for n in range(1, 6))
+
+
+def test_the_whole_file_check_records_the_first_five_findings(state_dir: Path) -> None:
+    settings = settings_at(state_dir, integrity_check="full")
+    unindexed(settings, 20)
+    queue = TapQueue(settings)  # no marker (the file was written since): the check runs before READY
+    try:
+        assert queue.previous_stop == "unclean" and queue.moved_aside is not None
+        assert queue.status().incidents[0].detail == f"{queue.moved_aside}: integrity_check: {FIVE_ROWS}"
+    finally:
+        queue.close()
+
+
+def test_the_background_check_records_the_first_five_findings(state_dir: Path) -> None:
+    settings = settings_at(state_dir, integrity_check="full")
+    unindexed(settings, 20)
+    restamp_marker(settings)
+    queue = TapQueue(settings)
+    try:
+        assert queue.open_check == "cheap" and queue.moved_aside is None
+        assert queue.wait_for_background_check(30)
+        assert queue.background_problem == f"integrity_check: {FIVE_ROWS}"
+        assert queue._background is not None and queue._background.daemon  # never holds up an exit
+    finally:
+        queue.close()
+
+
+def test_a_stop_after_the_background_check_finished_is_quick(state_dir: Path) -> None:
+    settings = settings_at(state_dir)
+    fill(settings, 20)
+    queue = TapQueue(settings)
+    assert queue.wait_for_background_check(30)
+    started = time.monotonic()
+    queue.close()
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_read_only_view_never_leaves_a_marker_for_a_file_it_did_not_see_closed(state_dir: Path) -> None:
+    """A file without a marker (a crash, a restore) must be checked whole at the next start,
+    however many views `sscard queue status` opened on it meanwhile."""
+    settings = settings_at(state_dir)
+    TapQueue(settings).close()
+    marker_of(settings).unlink()
+    view = TapQueue(settings, readonly=True)
+    assert view.status().depth == 0
+    view.close()
+    assert not marker_of(settings).exists()
+    queue = TapQueue(settings)
+    try:
+        assert queue.previous_stop == "unclean"
+    finally:
+        queue.close()
+
+
+def test_a_read_only_view_read_in_a_worker_closes_from_the_main_thread(state_dir: Path) -> None:
+    settings = settings_at(state_dir)
+    TapQueue(settings).close()
+    view = TapQueue(settings, readonly=True)
+    depth: list[int] = []
+    worker = threading.Thread(target=lambda: depth.append(view.status().depth))
+    worker.start()
+    worker.join(10)
+    assert depth == [0]
+    view.close()  # closes the worker's connection too
+
+
+def test_a_damaged_file_met_in_service_is_a_storage_error(queue: TapQueue) -> None:
+    queue.enqueue(tap_record(1))
+    vandal = sqlite3.connect(queue.path)
+    vandal.execute("DROP TABLE totals")
+    vandal.commit()
+    vandal.close()
+    with pytest.raises(QueueStorageError, match="no such table"):
+        queue.check_accepting()
+    assert isinstance(queue.out_of_service, QueueStorageError)
+    with pytest.raises(QueueStorageError, match="cannot read the queue's status: no such table"):
+        queue.status()
+
+
+def test_pages_are_reclaimed_once_exactly_the_threshold_is_free(state_dir: Path) -> None:
+    def freed_after_two(directory: Path, threshold: int) -> int:
+        queue = TapQueue(settings_at(directory, reclaim_after_pages=threshold))
+        try:
+            seqs = [queue.enqueue(tap_record(n, route="r" * 3000)) for n in range(40)]
+            queue.ack(seqs[:2])
+            free: int = queue._conn().execute("PRAGMA freelist_count").fetchone()[0]
+            return free
+        finally:
+            queue.close()
+
+    (state_dir / "a").mkdir()
+    (state_dir / "b").mkdir()
+    free = freed_after_two(state_dir / "a", 1000)
+    assert free > 0
+    assert freed_after_two(state_dir / "b", free) == 0
