@@ -52,8 +52,9 @@ def write_config(
         if in_uplink:
             continue
         if line.startswith("token_key"):
-            line = f'token_key = "file:{key}"\nstate_dir = "{workdir / "state"}"'
-        lines.append(line)
+            lines.append(f'token_key = "file:{key}"\nstate_dir = "{workdir / "state"}"')
+        else:
+            lines.append(line)
     queue = {"path": queue_path, "max_taps": max_taps, "max_bytes": max_bytes}
     if any(value is not None for value in queue.values()):
         lines.append("\n[queue]")

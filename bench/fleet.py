@@ -326,9 +326,7 @@ def measure(workdir: Path) -> list[dict[str, Any]]:
                 reconnects.append(after[0])
                 if name.startswith("uplink-"):
                     uplink_reconnects.append(after[0])
-        for versions in final.get("hotlist_at", {}).values():
-            if "2" in versions:
-                hotlist_s.append(versions["2"] - hotlist_at)
+        hotlist_s += [v["2"] - hotlist_at for v in final.get("hotlist_at", {}).values() if "2" in v]
         failures += sum(final.get("failures", {}).values())
     lost = len(expected - received)
     unexpected = len(received - expected)

@@ -61,8 +61,7 @@ def table(name: str, rows: list[dict[str, Any]], path: Path | None = None) -> st
     widths = {c: max(len(c), *(len(_fmt(row.get(c))) for row in rows)) for c in columns}
     lines = [f"\n== {name} ==" + (f"  ({path})" if path else "")]
     lines.append("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
-    for row in rows:
-        lines.append("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns).rstrip())
+    lines += ["  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns).rstrip() for row in rows]
     return "\n".join(lines)
 
 

@@ -95,6 +95,9 @@ class PurchaseRequest:
     and the PSAM's terminal number; sent after `updates`. This is how a terminal writes the
     0x1E record of the ride."""
     terminal_id: bytes | None = None
+    known_terminal: Callable[[], bytes | None] | None = None
+    """The PSAM's terminal number if the caller knows it, asked once the PSAM is selected
+    (a PSAM swapped meanwhile is found by then); None: it is read from the PSAM."""
     issuer_id: bytes | None = None
     """MAC1 issuer field; default the 8 bytes of file 0x15's issuer id."""
     select_psam: bool = True
@@ -215,6 +218,8 @@ def purchase(
             command(psam, psam_select_purchase_app(request.psam_purchase_df), "PSAM SELECT purchase")
         step = Step.PSAM_TERMINAL_NUMBER
         terminal_id = request.terminal_id
+        if terminal_id is None and request.known_terminal is not None:
+            terminal_id = request.known_terminal()
         if terminal_id is None:
             raw = command(psam, psam_read_terminal_number(), "PSAM READ terminal number")
             terminal_id = TERMINAL_NUMBER_LAYOUT.parse(raw).terminal_id

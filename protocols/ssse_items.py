@@ -56,6 +56,62 @@ def read_value(card: Transmit, tag: int, ef: bytes) -> ItemValue:
     return parse_item_record(response.data, ef, expected_tag=tag).value
 
 
+@dataclass
+class SsseSession:
+    """The SSSE selected with EF05 current: what `open_ssse` read, and what a second phase needs.
+
+    A validator reads EF05 first (the card number names the card), then decides whether it
+    needs EF06 at all: a repeat rider's age band may already be known. `read_protected`
+    carries on from here, on the same selection, without selecting anything again.
+    """
+
+    card: Transmit
+    algorithm: int
+    values: dict[str, ItemValue]
+
+
+def open_ssse(card: Transmit, ef05: Collection[int]) -> SsseSession:
+    """SELECT the SSSE (asking for its FCI with Le) and EF05, and read the requested EF05 items."""
+    fci_data = command(card, select_ssse(with_le=True), "SELECT SSSE")
+    algorithm = algorithm_id(parse_fci(fci_data, "SSSE FCI")) if fci_data else 0x01
+    command(card, select_ef(EF05), "SELECT EF05")
+    values: dict[str, ItemValue] = {ITEMS[tag].name: read_value(card, tag, EF05) for tag in sorted(set(ef05))}
+    return SsseSession(card, algorithm, values)
+
+
+def read_protected(
+    session: SsseSession,
+    psam: Transmit | None,
+    ef06: Collection[int] = (),
+    *,
+    authenticate: bool = False,
+    psam_config: PsamSsseConfig | None = None,
+) -> SsseItems:
+    """Authenticate a third-generation card with the PSAM if EF06 items or `authenticate` are
+    asked for, then read the EF06 items; the EF05 items the decision needs are read if missing.
+    """
+    card, values = session.card, session.values
+    authenticated = False
+    if ef06 or authenticate:
+        for tag in (CARD_IDENTIFICATION_CODE, SPEC_VERSION):
+            if ITEMS[tag].name not in values:
+                values[ITEMS[tag].name] = read_value(card, tag, EF05)
+        version = values.get("spec_version")
+        card_id = values.get("card_identification_code")
+        if generation_from_version(version if isinstance(version, str) else "").needs_psam:
+            if psam is None or not isinstance(card_id, bytes):
+                raise SecurityStatusNotSatisfied(0x6982, "SSSE authentication needs the PSAM")
+            try:
+                authenticate_with_psam(card, psam, card_id, session.algorithm, psam_config)
+            except PsamCannotAuthenticate as refused:
+                raise refused.with_readable(values) from refused
+            authenticated = True
+    if ef06:
+        command(card, select_ef(EF06), "SELECT EF06")
+        values.update({ITEMS[tag].name: read_value(card, tag, EF06) for tag in ef06})
+    return SsseItems(values, authenticated)
+
+
 def read_items(
     card: Transmit,
     psam: Transmit | None,
@@ -65,34 +121,15 @@ def read_items(
     authenticate: bool = False,
     psam_config: PsamSsseConfig | None = None,
 ) -> SsseItems:
-    """The requested items of EF05 and EF06.
+    """The requested items of EF05 and EF06, in one conversation (`open_ssse`, `read_protected`).
 
     Raises `SecurityStatusNotSatisfied` when a third-generation card must be authenticated
     and no PSAM was given, `CardNotGenuine` when the card is not genuine, and
     `PsamCannotAuthenticate` when the PSAM cannot authenticate it; the latter carries the EF05
     items read so far in `readable`, so the terminal can still say which card it refused.
     """
-    fci_data = command(card, select_ssse(), "SELECT SSSE")
-    algorithm = algorithm_id(parse_fci(fci_data, "SSSE FCI")) if fci_data else 0x01
-    command(card, select_ef(EF05), "SELECT EF05")
     wanted = set(ef05)
-    needs_auth_decision = bool(ef06) or authenticate
-    if needs_auth_decision:
+    if ef06 or authenticate:
         wanted |= {CARD_IDENTIFICATION_CODE, SPEC_VERSION}
-    values: dict[str, ItemValue] = {ITEMS[tag].name: read_value(card, tag, EF05) for tag in sorted(wanted)}
-    authenticated = False
-    if needs_auth_decision:
-        version = values.get("spec_version")
-        card_id = values.get("card_identification_code")
-        if generation_from_version(version if isinstance(version, str) else "").needs_psam:
-            if psam is None or not isinstance(card_id, bytes):
-                raise SecurityStatusNotSatisfied(0x6982, "SSSE authentication needs the PSAM")
-            try:
-                authenticate_with_psam(card, psam, card_id, algorithm, psam_config)
-            except PsamCannotAuthenticate as refused:
-                raise refused.with_readable(values) from refused
-            authenticated = True
-    if ef06:
-        command(card, select_ef(EF06), "SELECT EF06")
-        values.update({ITEMS[tag].name: read_value(card, tag, EF06) for tag in ef06})
-    return SsseItems(values, authenticated)
+    session = open_ssse(card, wanted)
+    return read_protected(session, psam, ef06, authenticate=authenticate, psam_config=psam_config)

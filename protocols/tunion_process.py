@@ -96,7 +96,7 @@ def build_process_record(
     transaction_type: int,
     terminal_number: bytes,
     industry: int,
-    line: str,
+    line: str | bytes,
     station: str,
     operator_code: str,
     amount: int,
@@ -108,7 +108,9 @@ def build_process_record(
     """The 48 bytes of the 0x1E record for one debit (UPDATE CAPP DATA CACHE 80 DC 00 F0 30).
 
     `terminal_number` is the PSAM's 6 bytes (what `psam_read_terminal_number` reads);
-    `line`, `station` and `operator_code` are decimal codes of up to 4 digits; `balance_after`
+    `station` and `operator_code` are decimal codes of up to 4 digits, written BCD; `line`
+    too, or the operator's own 2-byte code for it (operators encode lines differently, and
+    what is written must read back the same way on the next tap); `balance_after`
     is the card's balance after the debit including the overdraft allowance, as INITIALIZE
     FOR PURCHASE reported it less the amount; `time` is the terminal's local wall-clock time
     (an aware value is written as its own wall time); `city_code` 2 bytes and `acquirer` the
@@ -116,8 +118,9 @@ def build_process_record(
     """
     if not isinstance(time, dt.datetime):
         raise _refuse("time", f"{time!r} is not a date and time")
+    line_code = _fixed("line", line, 2) if isinstance(line, bytes) else _code_bcd("line", line)
     line_station = (
-        _code_bcd("line", line) + _code_bcd("station", station) + _code_bcd("operator_code", operator_code) + b"\x00"
+        line_code + _code_bcd("station", station) + _code_bcd("operator_code", operator_code) + b"\x00"
     )
     record = ProcessRecord(
         transaction_type=_byte("transaction_type", transaction_type),

@@ -91,10 +91,16 @@ class PurseRead:
     """The overdraft allowance the card counts into the balance INITIALIZE answers with."""
     process_records: tuple[ProcessRecord, ...] = ()
     """The newest records of the journey log 0x1E, newest first (record 1 of the cyclic file)."""
+    management: ManagementInfo | None = None
+    """File 0x17 (interoperability flag, card type), when asked for and the card has it."""
 
 
-def read_purse(transmit: Transmit, *, process_records: int = 0, aid: bytes = AID_TUNION_EP) -> PurseRead:
+def read_purse(
+    transmit: Transmit, *, process_records: int = 0, management: bool = False, aid: bytes = AID_TUNION_EP
+) -> PurseRead:
     """SELECT the e-purse and read its public file, both balances and `process_records` of 0x1E.
+
+    `management` reads file 0x17 too (one READ BINARY), for issuer and card-type rules.
 
     A purse that is absent, locked or blocked is a state of the answer, not an error: the
     validator refuses such a card with a reason of its own. Every other refusal raises its
@@ -113,8 +119,14 @@ def read_purse(transmit: Transmit, *, process_records: int = 0, aid: bytes = AID
     own = read_balance(transmit, include_overdraft=False)
     allowance = max(0, read_balance(transmit) - own)
     raw = _records(transmit, SFI_PROCESS, process_records, PROCESS_RECORD_LAYOUT.size, absent=RECORD_ABSENT)
+    info = _optional_binary(transmit, SFI_MANAGEMENT, MANAGEMENT_INFO_LAYOUT.size) if management else None
     return PurseRead(
-        PurseState.USABLE, public, own, allowance, tuple(PROCESS_RECORD_LAYOUT.parse(record) for record in raw)
+        PurseState.USABLE,
+        public,
+        own,
+        allowance,
+        tuple(PROCESS_RECORD_LAYOUT.parse(record) for record in raw),
+        MANAGEMENT_INFO_LAYOUT.parse(info) if info is not None else None,
     )
 
 

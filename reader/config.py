@@ -17,6 +17,7 @@ configuration will use, so a missing credential is reported before anything is o
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -37,7 +38,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 from reader.backends.settings import ReaderSettings
-from reader.uplink.settings import HotlistSettings, HttpUplinkSettings, MqttUplinkSettings, QueueSettings, TlsSettings
+from reader.daemon.fare_settings import FareRules, FareTableSettings, WhitelistSettings, bus_fare_rules
+from reader.daemon.fares import AgeBand
+from reader.uplink.settings import (
+    HotlistSettings,
+    HttpUplinkSettings,
+    MqttUplinkSettings,
+    ParameterSettings,
+    QueueSettings,
+    TlsSettings,
+)
 
 EX_CONFIG = 78
 
@@ -84,6 +94,7 @@ SECRET_PATTERN = r"^(file:/.+|credential:[A-Za-z0-9_.-]+)$"
 TERMINAL_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 REGION_PATTERN = r"^[0-9]{1,6}$"
 LINE_PATTERN = r"^[0-9]{1,4}$"
+CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 LISTEN_PATTERN = r"^(unix:/.+|(127\.[0-9.]+|localhost|\[::1\]):[0-9]{1,5})$"
 
 # What a value matching each pattern looks like, in the words an error message needs.
@@ -95,6 +106,7 @@ _PATTERN_HINTS = {
     TERMINAL_ID_PATTERN: "1 to 64 letters, digits, '.', '_' or '-'",
     LINE_PATTERN: 'a line number of 1 to 4 digits in quotes, such as "812"',
     REGION_PATTERN: 'a region code prefix of 1 to 6 digits in quotes, such as "51" or "510100"',
+    CLOCK_PATTERN: 'a local time of day as "HH:MM" in quotes, such as "11:00"',
     LISTEN_PATTERN: "'unix:/path/to/socket' or a loopback address with a port, such as '127.0.0.1:8787'",
 }
 
@@ -162,7 +174,7 @@ class TerminalSettings(_Section):
     """Who this terminal is and what it does."""
 
     id: str = Field(pattern=TERMINAL_ID_PATTERN)
-    profile: Literal["bus", "library", "pharmacy"]
+    profile: Literal["bus", "library", "pharmacy", "canteen", "venue"]
     state_dir: Path = Field(
         Path(os.environ.get("STATE_DIRECTORY", "/var/lib/sscard")),
         description="an absolute path to a directory, or to one that can be created",
@@ -197,6 +209,10 @@ class AgeBandSettings(_Section):
     percent: int = Field(ge=0, le=100, description="share of the fare the holder pays")
 
 
+LINE_CODE_BYTES = 2
+"""The line's share of the 0x1E record's line/station field (cards.md §2.3)."""
+
+
 class BusSettings(_Section):
     """Fare rules of a bus validator; amounts in fen."""
 
@@ -227,6 +243,30 @@ class BusSettings(_Section):
         "full_fare",
         description="when the PSAM cannot authenticate the SSSE, so no age band can be read: charge or refuse",
     )
+    whitelist: WhitelistSettings | None = Field(
+        None, description="home cities and the issuers of other cities served; unset: every T-Union card"
+    )
+    fares: FareTableSettings | None = Field(
+        None, description="time bands, card types, the transfer rule and the line encoding; unset: the flat fare"
+    )
+
+    def fare_rules(self) -> FareRules:
+        """The pure fare rules of this section (its flat keys, and [bus.fares] when present)."""
+        return bus_fare_rules(
+            line=self.line,
+            fare=self.fare,
+            age_bands=[AgeBand(b.name, b.min_age, b.percent) for b in self.bands],
+            transfer_discount=self.transfer_discount,
+            transfer_window_minutes=self.transfer_window_minutes,
+            fares=self.fares,
+        )
+
+    @model_validator(mode="after")
+    def _fares_fit(self) -> BusSettings:
+        """A doubled transfer or a line the 0x1E encoding cannot carry fails at check-config."""
+        if len(self.fare_rules().line_code) != LINE_CODE_BYTES:
+            raise ValueError(f"a 0x1E record holds a line in {LINE_CODE_BYTES} bytes: [bus.fares.line_code] width = 2")
+        return self
 
     @field_validator("bands")
     @classmethod
@@ -242,6 +282,127 @@ class HolderSettings(_Section):
 
     accepted_regions: list[Region] = Field(min_length=1)
     gate_open_seconds: float = Field(3.0, gt=0, le=60)
+
+
+class MealPeriodSettings(_Section):
+    """One meal period of a canteen, in the terminal's local time: from `start` until before `end`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$", description="1 to 32 letters, digits, '_' or '-'")
+    start: str = Field(pattern=CLOCK_PATTERN)
+    end: str = Field(pattern=CLOCK_PATTERN)
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> MealPeriodSettings:
+        if self.end <= self.start:
+            raise ValueError(f"meal period {self.name!r} must end after it starts (and not span midnight)")
+        return self
+
+
+class CanteenSettings(_Section):
+    """A community canteen's POS reader: the holder's age band prices the meal; amounts in fen."""
+
+    accepted_regions: list[Region] = Field(min_length=1)
+    price: int | None = Field(
+        None,
+        gt=0,
+        le=100_000,
+        description="the fixed meal price; unset: the canteen POS sets each price through the local API",
+    )
+    pos_price_seconds: float = Field(
+        60, gt=0, le=600, description="how long a price set by the POS waits for its card, at most"
+    )
+    payment: Literal["purse", "pos"] = Field(
+        "purse", description="'purse': charged to the T-Union e-purse; 'pos': the amount goes back to the POS"
+    )
+    bands: list[AgeBandSettings] = []
+    meals: list[MealPeriodSettings] = []
+    discounted_meals: int = Field(
+        1, ge=1, le=20, description="discounted meals per card per meal period per day; beyond: full price"
+    )
+    repeat_seconds: float = Field(
+        30, ge=0, le=3600, description="a second tap of the same card at a fixed price within this is refused"
+    )
+    on_birth_date_unreadable: Literal["full_price", "refuse"] = Field(
+        "full_price",
+        description="when the PSAM cannot authenticate the SSSE, so no age band can be read: full price or refuse",
+    )
+    tearing_window_seconds: float = Field(
+        30, gt=0, le=DAY_SECONDS, description="how long a torn debit waits for its card"
+    )
+    psam_key_index: int = Field(1, ge=0, le=255)
+    canteen_code: str = Field("0", pattern=LINE_PATTERN, description="the canteen's code in the card's 0x1E log")
+    operator_code: str = Field("0", pattern=LINE_PATTERN, description="operator code, BCD in the card's 0x1E log")
+    city_code: str | None = Field(
+        None,
+        pattern=r"^[0-9]{4}$",
+        description="the operator's city code (4 BCD digits) in the card's 0x1E log; unset: the card's issuing city",
+    )
+    acquirer: str = Field(
+        "FFFFFFFFFFFFFFFF",
+        pattern=r"^[0-9A-Fa-f]{16}$",
+        description="the operator's acquirer institution (8 bytes, hex) written into the card's 0x1E log",
+    )
+
+    @field_validator("bands")
+    @classmethod
+    def _distinct_ages(cls, bands: list[AgeBandSettings]) -> list[AgeBandSettings]:
+        ages = [band.min_age for band in bands]
+        if len(set(ages)) != len(ages):
+            raise ValueError("two bands start at the same age; each min_age may appear once")
+        return bands
+
+    @field_validator("meals")
+    @classmethod
+    def _separate_meals(cls, meals: list[MealPeriodSettings]) -> list[MealPeriodSettings]:
+        """A tap falls in one meal period at most, so the cap it counts against is never in doubt."""
+        names = [meal.name for meal in meals]
+        if len(set(names)) != len(names):
+            raise ValueError("two meal periods have the same name")
+        ordered = sorted(meals, key=lambda meal: meal.start)
+        for earlier, later in itertools.pairwise(ordered):
+            if later.start < earlier.end:
+                raise ValueError(f"meal periods {earlier.name!r} and {later.name!r} overlap")
+        return meals
+
+
+class VenueBandSettings(_Section):
+    """From `min_age` on, entry costs `price` fen (0 = free)."""
+
+    name: str
+    min_age: int = Field(ge=0, le=150)
+    price: int = Field(ge=0, le=100_000)
+
+
+class VenueSettings(_Section):
+    """A venue gate (museum, scenic spot, library entry): who enters, at what price; amounts in fen."""
+
+    accepted_regions: list[Region] = Field(min_length=1)
+    price: int = Field(0, ge=0, le=100_000, description="the entry price of a holder in no age band")
+    bands: list[VenueBandSettings] = []
+    reservations: Path | None = Field(
+        None,
+        description="an absolute path to the reservation list (JSON) the back office delivers; "
+        "set: entry needs a reservation; re-read on SIGHUP",
+    )
+    early_minutes: float = Field(0, ge=0, le=240, description="how early before its slot a reservation admits")
+    daily_capacity: int | None = Field(None, ge=1, le=1_000_000, description="entries a day at most; unset: no limit")
+    once_a_day: bool = Field(True, description="one entry per card per day")
+    gate_open_seconds: float = Field(3.0, gt=0, le=60, description="how long the gate relay stays open")
+
+    @field_validator("bands")
+    @classmethod
+    def _distinct_ages(cls, bands: list[VenueBandSettings]) -> list[VenueBandSettings]:
+        ages = [band.min_age for band in bands]
+        if len(set(ages)) != len(ages):
+            raise ValueError("two bands start at the same age; each min_age may appear once")
+        return bands
+
+    @field_validator("reservations")
+    @classmethod
+    def _absolute_reservations(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path, such as /var/lib/sscard/reservations.json")
+        return value
 
 
 class ApiSettings(_Section):
@@ -281,11 +442,25 @@ class Config(_Section):
     bus: BusSettings | None = None
     library: HolderSettings | None = None
     pharmacy: HolderSettings | None = None
+    canteen: CanteenSettings | None = None
+    venue: VenueSettings | None = None
     api: ApiSettings | None = None
     readers: ReaderSettings = ReaderSettings()
     queue: QueueSettings = QueueSettings()
     uplink: UplinkSection = UplinkSection()
     hotlist: HotlistSettings = HotlistSettings()
+    parameters: ParameterSettings = ParameterSettings()
+
+    @model_validator(mode="after")
+    def _parameters_signed(self) -> Config:
+        """Parameters from the back office are taken only under its key; say so at check-config."""
+        if self.parameters.source != "none":
+            self.parameters.key_bytes(self.hotlist)
+            if self.parameters.source == "http" and not self.parameters.http_url:
+                raise ValueError("parameters source 'http' needs http_url")
+            if self.parameters.source == "mqtt" and not self.uplink.mqtt.enabled:
+                raise ValueError("parameters source 'mqtt' needs the MQTT uplink ([uplink.mqtt] enabled)")
+        return self
 
 
 # ---------------------------------------------------------------------- error messages
@@ -460,17 +635,21 @@ def _with_state_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     state_dir = terminal.get("state_dir") if isinstance(terminal, dict) else None
     if not isinstance(state_dir, str):
         state_dir = os.environ.get("STATE_DIRECTORY", "/var/lib/sscard")
-    for section, name in (("queue", "queue.sqlite3"), ("hotlist", "hotlist.bin")):
+    for section, name in (("queue", "queue.sqlite3"), ("hotlist", "hotlist.bin"), ("parameters", "parameters.json")):
         table = raw.get(section, {})
         if isinstance(table, dict) and "path" not in table:
             raw[section] = {**table, "path": str(Path(state_dir) / name)}
     return raw
 
 
+PROFILES = ("bus", "library", "pharmacy", "canteen", "venue")
+"""Every terminal kind; each needs its own section of the same name."""
+
+
 def _missing_profile_section(raw: dict[str, Any], source: str) -> list[str]:
     terminal = raw.get("terminal")
     profile = terminal.get("profile") if isinstance(terminal, dict) else None
-    if profile not in ("bus", "library", "pharmacy") or profile in raw:
+    if profile not in PROFILES or profile in raw:
         return []
     required = _allowed((profile,)) or "a table"
     return [f"{source}: {profile}: required section is missing for terminal.profile = {profile!r}; expected {required}"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 import structlog
@@ -49,8 +50,18 @@ def _below_level(_logger: object, method: str, event: structlog.typing.EventDict
     return event
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Send JSON lines at `level` and above to `stream` (the current stderr by default)."""
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> Callable[[], None]:
+    """Send JSON lines at `level` and above to `stream` (the current stderr by default).
+
+    Returns a function that puts back the configuration this call replaced: a test that
+    captures logs for a while must not take the capture away from those around it.
+    """
+    saved = (_TARGET.level, _TARGET.stream, structlog.get_config())
+
+    def restore() -> None:
+        _TARGET.level, _TARGET.stream = saved[0], saved[1]
+        structlog.configure(**saved[2])
+
     _TARGET.level = _LEVELS.get(level.lower(), logging.INFO)
     _TARGET.stream = stream
     structlog.configure(
@@ -67,6 +78,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         cache_logger_on_first_use=True,
     )
     logging.getLogger("nfc").setLevel(max(_TARGET.level, logging.WARNING))
+    return restore
 
 
 def get_logger(**bound: object) -> structlog.typing.FilteringBoundLogger:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 CONFIG_PACKAGE = "reader.examples.config"
 SYSTEMD_PACKAGE = "reader.examples.systemd"
-EXAMPLE_KINDS = ("bus", "library", "pharmacy", "demo")
+EXAMPLE_KINDS = ("bus", "library", "pharmacy", "canteen", "venue", "demo")
 UNIT_NAME = "sscard.service"
 _CHECKOUT = Path(__file__).resolve().parents[1]
 _CHECKOUT_FOLDERS = {CONFIG_PACKAGE: "config", SYSTEMD_PACKAGE: "systemd"}

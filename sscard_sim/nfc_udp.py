@@ -79,7 +79,7 @@ def historical_bytes(atr: bytes) -> bytes:
     indicator = atr[1] >> 4
     index = 2
     while True:
-        index += bin(indicator & 0x07).count("1")  # TA, TB, TC
+        index += (indicator & 0x07).bit_count()  # TA, TB, TC
         if not indicator & 0x08:
             break
         if index >= len(atr):
@@ -372,8 +372,7 @@ class ContactlessCard:
         if number == self._block_number:
             return self._last_block if self._last_block is not None else self._r_ack()
         if nak:
-            block = self._header(0xA2 | self._block_number)
-            return block  # not remembered: a presence check is not part of the exchange
+            return self._header(0xA2 | self._block_number)
         if self._tx_rest:
             self._block_number ^= 1
             return self._next_response_block()

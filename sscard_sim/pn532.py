@@ -266,28 +266,15 @@ class Pn532Simulator:
             return True
         if len(buf) < 3:
             return False
-        length, check = buf[1], buf[2]
-        if (length, check) == (0x00, 0xFF):
-            del buf[:3]  # ACK from the host: cancel, nothing to do
+        if self._control_frame(buf):
             return True
-        if (length, check) == (0xFF, 0x00):
-            del buf[:3]
-            if self._last_response:
-                self._write(self._last_response)
+        bounds = _payload_bounds(buf)
+        if bounds is None:
+            return False
+        head, length = bounds
+        if length < 0:  # a length whose checksum does not add up: resynchronise
+            del buf[:1]
             return True
-        if (length, check) == (0xFF, 0xFF):
-            if len(buf) < 6:
-                return False
-            length = buf[3] << 8 | buf[4]
-            if (buf[3] + buf[4] + buf[5]) & 0xFF:
-                del buf[:1]
-                return True
-            head = 6
-        else:
-            if (length + check) & 0xFF:
-                del buf[:1]
-                return True
-            head = 3
         if len(buf) < head + length + 1:
             return False
         payload = bytes(buf[head : head + length])
@@ -300,6 +287,18 @@ class Pn532Simulator:
         self._write(ACK)
         self._command(payload[1], payload[2:])
         return True
+
+    def _control_frame(self, buf: bytearray) -> bool:
+        """An ACK (the host cancels: nothing to do) or a NACK (send the last answer again)."""
+        if (buf[1], buf[2]) == (0x00, 0xFF):
+            del buf[:3]
+            return True
+        if (buf[1], buf[2]) == (0xFF, 0x00):
+            del buf[:3]
+            if self._last_response:
+                self._write(self._last_response)
+            return True
+        return False
 
     def _command(self, code: int, params: bytes) -> None:
         self.commands.append(code)
@@ -569,3 +568,20 @@ class Pn532Simulator:
         0x56: _no_dep_target,  # InJumpForDEP
         0x60: _in_auto_poll,
     }
+
+
+def _payload_bounds(buf: bytearray) -> tuple[int, int] | None:
+    """(header size, payload length) of a normal or extended information frame.
+
+    None when more bytes are needed; a length of -1 when the length checksum is wrong.
+    """
+    length, check = buf[1], buf[2]
+    if (length, check) == (0xFF, 0xFF):
+        if len(buf) < 6:
+            return None
+        if (buf[3] + buf[4] + buf[5]) & 0xFF:
+            return 6, -1
+        return 6, buf[3] << 8 | buf[4]
+    if (length + check) & 0xFF:
+        return 3, -1
+    return 3, length

@@ -188,7 +188,7 @@ def classify_atr(atr: bytes) -> AtrInfo:
             standard=historical[8],
             card_name=int.from_bytes(historical[9:11], "big"),
         )
-    if historical.startswith(b"\x5a\x0a") or historical.startswith(b"\x80\x5a\x0a"):
+    if historical.startswith((b"\x5a\x0a", b"\x80\x5a\x0a")):
         return replace(contact, interface=Interface.CONTACTLESS, technology=Technology.B_PRIME)
     return replace(contact, interface=Interface.CONTACTLESS, technology=Technology.ISO14443_4)
 

@@ -85,7 +85,7 @@ def ats_historical_bytes(ats: bytes) -> bytes:
     if len(ats) < 2:
         return b""
     end = min(ats[0], len(ats))
-    start = 2 + bin(ats[1] & 0x70).count("1")
+    start = 2 + (ats[1] & 0x70).bit_count()
     return bytes(ats[start:end])
 
 

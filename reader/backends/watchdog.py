@@ -28,8 +28,27 @@ T = TypeVar("T")
 
 _log = get_logger(component="exchange-worker")
 
-_abandoned_lock = threading.Lock()
-_abandoned_alive = 0
+
+
+class _LiveCount:
+    """A count shared by every worker thread, changed under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = 0
+
+    def add(self, delta: int) -> None:
+        with self._lock:
+            self._value += delta
+
+    @property
+    def value(self) -> int:
+        with self._lock:
+            return self._value
+
+
+_ABANDONED_ALIVE = _LiveCount()
+"""Abandoned workers whose stuck call has not returned yet."""
 
 
 class DeadlineExceeded(Exception):
@@ -46,8 +65,7 @@ class WorkerClosed(Exception):
 
 def abandoned_workers() -> int:
     """How many abandoned workers are still blocked in a native call (for health reports)."""
-    with _abandoned_lock:
-        return _abandoned_alive
+    return _ABANDONED_ALIVE.value
 
 
 class ExchangeWorker:
@@ -112,48 +130,52 @@ class ExchangeWorker:
         return not self._thread.is_alive()
 
     def _abandon(self) -> None:
-        global _abandoned_alive
         if self._abandoned.is_set():
             return
         self._abandoned.set()
-        with _abandoned_lock:
-            _abandoned_alive += 1
+        _ABANDONED_ALIVE.add(1)
         _log.warning("exchange_abandoned", worker=self.name)
         self._jobs.put(None)
 
     def _run(self) -> None:
-        global _abandoned_alive
         try:
-            while True:
-                job = self._jobs.get()
-                if job is None:
-                    break
-                function, future = job
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    result = function()
-                except Exception as error:  # noqa: BLE001 - handed to the caller, which re-raises it
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
-                if self._abandoned.is_set():
-                    _log.info("exchange_abandoned_call_returned", worker=self.name)
-                    break
+            self._serve()
         finally:
-            # Drain what was queued behind the stuck call: nobody waits for those answers.
-            while True:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is not None:
-                    job[1].cancel()
-            if self._finaliser is not None:
-                try:
-                    self._finaliser()
-                except Exception as error:  # noqa: BLE001 - a failed cleanup is logged, the thread still ends
-                    _log.warning("exchange_finaliser_failed", worker=self.name, error=repr(error))
+            self._wind_down()
+
+    def _serve(self) -> None:
+        """Run the submitted calls until closed, or until the call it was abandoned in returns."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            function, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = function()
+            except Exception as error:  # noqa: BLE001 - handed to the caller, which re-raises it
+                future.set_exception(error)
+            else:
+                future.set_result(result)
             if self._abandoned.is_set():
-                with _abandoned_lock:
-                    _abandoned_alive -= 1
+                _log.info("exchange_abandoned_call_returned", worker=self.name)
+                break
+
+    def _wind_down(self) -> None:
+        """Cancel what was queued behind a stuck call, run the finaliser, and be counted out."""
+        # Drain what was queued behind the stuck call: nobody waits for those answers.
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[1].cancel()
+        if self._finaliser is not None:
+            try:
+                self._finaliser()
+            except Exception as error:  # noqa: BLE001 - a failed cleanup is logged, the thread still ends
+                _log.warning("exchange_finaliser_failed", worker=self.name, error=repr(error))
+        if self._abandoned.is_set():
+            _ABANDONED_ALIVE.add(-1)

@@ -150,8 +150,7 @@ def _print_status(status: QueueStatus, out: TextIO) -> None:
     if status.last_error:
         rows.append(("last error", status.last_error))
     rows.append(("poison", str(status.poison)))
-    for incident in status.incidents:
-        rows.append(("incident", f"{_when(incident.at, now)} {incident.kind}: {incident.detail}"))
+    rows += [("incident", f"{_when(i.at, now)} {i.kind}: {i.detail}") for i in status.incidents]
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}", file=out)

@@ -152,7 +152,7 @@ class Psam:
                 note(f"no PSAM ({error}); fields that need card authentication are not read")
                 self._missing_noted = True
             return None
-        return lambda apdu: slot.transmit(apdu)
+        return slot.transmit
 
     def close(self) -> None:
         if self._slot is not None:

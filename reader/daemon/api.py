@@ -13,6 +13,9 @@ module, served at `/v1/openapi.json`:
 - `POST /v1/read-card` with `{"timeout": seconds}`: waits for the next card on a pharmacy
   terminal and answers, to that request alone, what settlement needs to identify the card
   and its holder (the only way personal data leaves the daemon; it is never logged nor queued);
+- `PUT /v1/canteen/price` with `{"amount": fen, "expires_in": seconds}`: on a canteen terminal,
+  the price of the next meal, for the next tap served within the expiry; `GET` shows the price
+  in force, `DELETE` withdraws it (the order was cancelled);
 - `GET /v1/events`: a server-sent-events stream of tap records as they are committed;
 - `GET /metrics`: the Prometheus exposition;
 - `GET /v1/page`: the depot status page (no data in it; its script polls `/v1/status` with
@@ -39,6 +42,7 @@ from waitress import wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
 from reader.daemon.events import CardRequests, EventHub, TooManyCardRequests
+from reader.daemon.meal_price import MAX_PRICE, CanteenRequests, MealPrice, MealPrices
 from reader.daemon.metrics import CONTENT_TYPE, render_metrics
 from reader.daemon.status_page import PAGE_FILES
 from reader.daemon.tap_stats import TapStats
@@ -91,11 +95,16 @@ class ApiContext:
         events: EventHub,
         card_requests: CardRequests | None,
         taps: TapStats | None = None,
+        prices: MealPrices | None = None,
     ) -> None:
         self.token = token
         self.status = status
         self.events = events
         self.card_requests = card_requests
+        if prices is None and isinstance(card_requests, CanteenRequests):
+            prices = card_requests.prices
+        self.prices = prices
+        """The canteen's price of the next meal; None on every other terminal kind."""
         self.taps = taps or TapStats()
         events.observe(self.taps.observe)
         self.stopping = threading.Event()
@@ -130,6 +139,32 @@ def parse_read_card(body: bytes) -> float:
     if not math.isfinite(timeout) or not 0 < timeout <= MAX_READ_TIMEOUT:
         raise BadRequest(f"timeout must be finite, above 0 and at most {MAX_READ_TIMEOUT:g} seconds")
     return float(timeout)
+
+
+def parse_meal_price(body: bytes) -> tuple[int, float | None]:
+    """The amount (fen) and optional expiry (seconds) of a canteen price request."""
+    try:
+        document = json.loads(body, parse_constant=_refuse_constant)
+    except UnicodeDecodeError as error:
+        raise BadRequest("the body is not UTF-8") from error
+    except json.JSONDecodeError as error:
+        raise BadRequest(f"the body is not JSON: {error.msg} at {error.pos}") from error
+    if not isinstance(document, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(document) - {"amount", "expires_in"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    amount = document.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_PRICE:
+        raise BadRequest(f"amount must be a whole number of fen, 1 to {MAX_PRICE}")
+    expires_in = document.get("expires_in")
+    if expires_in is None:
+        return amount, None
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        raise BadRequest("expires_in must be a number of seconds")
+    if not math.isfinite(expires_in) or not expires_in > 0:
+        raise BadRequest("expires_in must be finite and above 0 seconds")
+    return amount, float(expires_in)
 
 
 class _Response:
@@ -178,6 +213,11 @@ class ApiApplication:
             "/v1/status": {"GET": (self._status, True)},
             "/v1/read-card": {"POST": (self._read_card, True)},
             "/v1/events": {"GET": (self._events, True)},
+            "/v1/canteen/price": {
+                "GET": (self._meal_price, True),
+                "PUT": (self._set_meal_price, True),
+                "DELETE": (self._withdraw_meal_price, True),
+            },
             "/metrics": {"GET": (self._metrics, True)},
             "/v1/openapi.json": {"GET": (self._openapi, False)},
             "/": {"GET": (self._root, False)},
@@ -256,6 +296,34 @@ class ApiApplication:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the terminal is stopping")
         return _error(HTTPStatus.GATEWAY_TIMEOUT, f"no card within {timeout:g} s")
 
+    def _meal_price(self, environ: Environ) -> _Response:
+        prices = self.context.prices
+        if prices is None:
+            return _error(HTTPStatus.CONFLICT, "this terminal is not a canteen")
+        return _json(HTTPStatus.OK, _price_body(prices.current(), prices.longest))
+
+    def _set_meal_price(self, environ: Environ) -> _Response:
+        prices = self.context.prices
+        if prices is None:
+            return _error(HTTPStatus.CONFLICT, "this terminal is not a canteen")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            amount, expires_in = parse_meal_price(environ["wsgi.input"].read(length) if length > 0 else b"")
+        except BadRequest as error:
+            return _error(HTTPStatus.BAD_REQUEST, str(error))
+        except ValueError:
+            return _error(HTTPStatus.BAD_REQUEST, "bad Content-Length")
+        price = prices.set(amount, expires_in)
+        log.info("api_meal_price_set", amount=amount, expires_in_s=round(price.expires_in, 1))
+        return _json(HTTPStatus.OK, _price_body(price, prices.longest))
+
+    def _withdraw_meal_price(self, environ: Environ) -> _Response:
+        prices = self.context.prices
+        if prices is None:
+            return _error(HTTPStatus.CONFLICT, "this terminal is not a canteen")
+        withdrawn = prices.withdraw()
+        return _json(HTTPStatus.OK, {**_price_body(None, prices.longest), "withdrawn": withdrawn})
+
     def _events(self, environ: Environ) -> _Response:
         if not self._streams.acquire(blocking=False):
             return _error(
@@ -290,6 +358,14 @@ class ApiApplication:
     def _page_file(self, environ: Environ) -> _Response:
         content_type, body = PAGE_FILES[environ["PATH_INFO"]]
         return _Response(HTTPStatus.OK, body, content_type, PAGE_SECURITY)
+
+
+def _price_body(price: MealPrice | None, longest: float) -> dict[str, Any]:
+    return {
+        "amount": price.amount if price else None,
+        "expires_in": round(price.expires_in, 3) if price else None,
+        "longest": longest,
+    }
 
 
 class _ServerLog(logging.Handler):
@@ -343,7 +419,7 @@ class LocalApi:
             host, _, port = listen.rpartition(":")
             server = create_server(app, host=host.strip("[]") or "127.0.0.1", port=int(port), **settings)
         if not isinstance(server, BaseWSGIServer):
-            raise RuntimeError(f"{listen} names more than one socket")
+            raise TypeError(f"{listen} names more than one socket")
         self._server: BaseWSGIServer = server
         self._thread = threading.Thread(target=server.run, name="local-api", daemon=True)
 

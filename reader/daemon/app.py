@@ -41,10 +41,11 @@ from reader.log import get_logger
 from reader.peripherals.display import LineDisplay
 from reader.peripherals.relay import GateRelay
 from reader.service.notify import NotifyError, SystemdNotifier, watchdog_interval
-from reader.uplink import create_hotlist_sync, create_uplink
+from reader.uplink import create_hotlist_sync, create_parameter_sync, create_uplink
 from reader.uplink.errors import HotlistFormatError, UplinkError
 from reader.uplink.hotlist import HotlistStore
 from reader.uplink.hotlist import public_key as hotlist_public_key
+from reader.uplink.parameters import ParameterStore, parameter_key
 from reader.uplink.queue import TapQueue
 from reader.uplink.worker import UplinkWorker
 
@@ -52,6 +53,7 @@ log = get_logger(component="daemon")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 LOOP_STOP_TIMEOUT = 15.0
+DEFAULT_GATE_SECONDS = 3.0
 """How long the tap in progress may take to finish on SIGTERM (the unit allows TimeoutStopSec=20s)."""
 
 RESTART_SECTIONS = ("terminal", "readers", "queue", "uplink", "hotlist", "api")
@@ -79,6 +81,33 @@ def _hotlist_key(config: Config) -> Ed25519PublicKey | None:
     """The back office's key, so a signed list dropped at the hotlist path is checked on SIGHUP too."""
     raw = config.hotlist.public_key_bytes()
     return None if raw is None else hotlist_public_key(raw)
+
+
+def _gate_seconds(config: Config) -> float:
+    """How long the gate relay stays open: the gate kind's setting (library, venue)."""
+    gate = config.library or config.venue
+    return gate.gate_open_seconds if gate is not None else DEFAULT_GATE_SECONDS
+
+
+def tearing_window(config: Config) -> dt.timedelta:
+    """How long a torn debit waits for its card: the charging kind's own window (bus, canteen)."""
+    charging = config.bus or config.canteen
+    return dt.timedelta(seconds=charging.tearing_window_seconds if charging else 0)
+
+
+def _parameter_store(config: Config) -> ParameterStore | None:
+    """The store of the back office's parameters: a bus validator that takes them, or kept one."""
+    settings = config.parameters
+    if config.bus is None or (settings.source == "none" and not settings.path.exists()):
+        return None
+    try:
+        key = parameter_key(settings, config.hotlist)
+    except ValueError as error:
+        # Only a bundle kept from an earlier configuration gets here (check-config requires
+        # the key with a source): without the key it cannot be trusted, so the TOML applies.
+        log.warning("parameters_kept_but_no_key", path=str(settings.path), error=str(error))
+        return None
+    return ParameterStore(settings.path, key, line=config.bus.line)
 
 
 def default_readers(config: Config) -> tuple[list[Reader], Reader | None]:
@@ -136,7 +165,7 @@ class Daemon:
         feedback = Feedback(
             display=self._display(),
             relay=self._relay(),
-            gate_seconds=(config.library.gate_open_seconds if config.library else 3.0),
+            gate_seconds=_gate_seconds(config),
             echo=self.echo,
         )
         self.services = Services(
@@ -149,6 +178,7 @@ class Daemon:
             feedback=feedback,
             events=EventHub(),
             card_requests=CardRequests() if config.terminal.profile == "pharmacy" else None,
+            parameters=_parameter_store(config),
         )
         self._settle_torn_debits()
         self.uplinks = self._uplinks(queue)
@@ -383,8 +413,7 @@ class Daemon:
             log.warning("psam_not_open_at_start", reader=psam.name, error=str(error))
 
     def _settle_torn_debits(self) -> None:
-        bus = self.config.bus
-        window = dt.timedelta(seconds=bus.tearing_window_seconds if bus else 0)
+        window = tearing_window(self.config)
         reader = self.readers[0].name if self.readers else "none"
         settle_expired(self._services(), window, reader)
 
@@ -397,7 +426,13 @@ class Daemon:
         hotlist = create_hotlist_sync(
             self._services().hotlist, config.hotlist, mqtt=config.uplink.mqtt, terminal_id=config.terminal.id
         )
-        return [worker for worker in (uplink, hotlist) if worker is not None]
+        store = self._services().parameters
+        parameters = None
+        if store is not None:
+            parameters = create_parameter_sync(
+                store, config.parameters, mqtt=config.uplink.mqtt, terminal_id=config.terminal.id
+            )
+        return [worker for worker in (uplink, hotlist, parameters) if worker is not None]
 
     def _display(self) -> LineDisplay | None:
         settings = self.config.readers.serial.display

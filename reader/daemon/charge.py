@@ -89,6 +89,11 @@ class Charger:
     def __init__(self, services: Services, recorder: Recorder) -> None:
         self.services = services
         self.recorder = recorder
+        self._terminal: tuple[int, bytes] | None = None
+        """The PSAM's terminal number and the generation of the SAM channel it was read on:
+        a constant of the PSAM, read once per channel instead of once per tap."""
+        self._asked: int | None = None
+        """The SAM channel's generation when this purchase asked for the number (PSAM selected)."""
 
     # ------------------------------------------------------------------ torn debits
 
@@ -157,6 +162,7 @@ class Charger:
             time=tap.now.replace(tzinfo=None),
             key_index=key_index,
             process_record=process_record,
+            known_terminal=self._known_terminal,
         )
 
         def journal(recovery: Recovery) -> None:
@@ -172,6 +178,7 @@ class Charger:
             public=public,
             before_debit=journal,
         )
+        self._remember_terminal(result)
         if isinstance(result, Declined):
             return self._declined(result, fare, seen, tap.now)
         if isinstance(result, PurchaseFailure):
@@ -181,6 +188,33 @@ class Charger:
             reason = Reason.CARD_REMOVED if isinstance(result.cause, TransportError) else Reason.PURCHASE_FAILED
             return seen.outcome(Decision(Outcome.DENIED, reason, fare))
         return self._debited(result, decision, seen, tap.now)
+
+    def _known_terminal(self) -> bytes | None:
+        """The kept terminal number, if the SAM channel it was read on is still the one open.
+
+        Asked once the purchase has selected the PSAM, so a PSAM swapped since the last
+        purchase has had its channel reopened by then, and its own number is read.
+        """
+        slot, known = self.services.psam, self._terminal
+        self._asked = slot.generation if slot is not None else None
+        if slot is None or known is None or known[0] != slot.generation:
+            return None
+        return known[1]
+
+    def _remember_terminal(self, result: PurchaseResult | PurchaseFailure | Declined) -> None:
+        """Keep the PSAM's terminal number while the SAM channel it came from stays open.
+
+        The number was taken (kept, or read) right after `_known_terminal` was asked, on the
+        channel of that moment; a channel reopened since then may hold another PSAM.
+        """
+        slot, generation = self.services.psam, self._asked
+        self._asked = None
+        if generation is None or slot is None or slot.generation != generation:
+            return
+        if isinstance(result, PurchaseResult):
+            self._terminal = (generation, result.terminal_id)
+        elif result.recovery is not None:
+            self._terminal = (generation, result.recovery.terminal_id)
 
     def _declined(self, result: Declined, fare: Fare, seen: CardSeen, now: dt.datetime) -> TapOutcome:
         """The card refused DEBIT before touching its purse: a definite "not debited"."""
@@ -267,6 +301,7 @@ def settle_expired(services: Services, window: dt.timedelta, reader: str) -> int
             region=pending.region,
             hotlist_version=services.hotlist.version,
             balance=recovery.balance_before - pending.allowance,
+            record_type="grey",
             extra={
                 "atc": recovery.offline_atc,
                 "psam_sequence": recovery.terminal_sequence,

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reader.daemon.fares import Fare
 from reader.daemon.policy import Decision, Reason
 from reader.log import get_logger
 from reader.peripherals.display import LineDisplay
@@ -40,7 +41,15 @@ _DENIED_TEXT: dict[Reason, str] = {
     Reason.OUT_OF_SERVICE: "暂停服务 Out of service",
     Reason.PSAM_UNAVAILABLE: "暂停服务 Out of service",
     Reason.PSAM_CANNOT_AUTHENTICATE: "请联系客服 See staff",
+    Reason.NO_MEAL_PRICE: "请先点餐 Order first",
+    Reason.NOT_RESERVED: "未预约 No reservation",
+    Reason.RESERVATION_SLOT_MISSED: "非预约时段 Not your time slot",
+    Reason.VENUE_FULL: "今日已满 Full today",
+    Reason.ALREADY_ENTERED: "今日已入场 Entered today",
 }
+
+_MEAL_REASONS = (Reason.MEAL_CHARGED, Reason.MEAL_PAY_AT_POS, Reason.MEAL_DISCOUNT_USED)
+_VENUE_REASONS = (Reason.VENUE_ENTRY, Reason.VENUE_ENTRY_RESERVED)
 
 
 def yuan(fen: int) -> str:
@@ -68,12 +77,42 @@ def signal_for(decision: Decision, balance_after: int | None = None) -> Signal:
         fare = decision.fare
         if fare is None:
             return Signal(("欢迎 Welcome", ""), "ok", open_gate=True)
+        if decision.reason in _MEAL_REASONS:
+            return _meal_signal(decision.reason, fare, balance_after)
+        if decision.reason in _VENUE_REASONS:
+            return _venue_signal(fare)
         band = f" {fare.band}" if fare.band else ""
         first = f"免费乘车{band}" if fare.amount == 0 else f"扣款 {yuan(fare.amount)}{band}"
         second = f"余额 {yuan(balance_after)}" if balance_after is not None else ""
         return Signal((first, second), "ok", open_gate=True)
     beep = "warning" if decision.reason in (Reason.ALREADY_PAID, Reason.CARD_REMOVED) else "denied"
     return Signal((_DENIED_TEXT.get(decision.reason, decision.reason.value), ""), beep)
+
+
+def _meal_signal(reason: Reason, fare: Fare, balance_after: int | None) -> Signal:
+    """A canteen meal: the price to pay (or that was debited) and the band that set it.
+
+    Charged to the purse it reads "扣款" (debited) with the balance left; handed to the POS it
+    reads "请付" (please pay), since nothing was taken yet; a free meal says free. A meal past
+    the card's discounted meals of the period says so instead of a band, so an elderly
+    diner paying full price knows why.
+    """
+    band = " 优惠已用" if reason is Reason.MEAL_DISCOUNT_USED else (f" {fare.band}" if fare.band else "")
+    if fare.amount == 0:
+        first = f"免费用餐{band}"
+    elif reason is Reason.MEAL_PAY_AT_POS or (reason is Reason.MEAL_DISCOUNT_USED and balance_after is None):
+        first = f"请付 {yuan(fare.amount)}{band}"
+    else:
+        first = f"扣款 {yuan(fare.amount)}{band}"
+    second = f"余额 {yuan(balance_after)}" if balance_after is not None else ""
+    return Signal((first, second), "ok")
+
+
+def _venue_signal(fare: Fare) -> Signal:
+    """A venue entry: welcome, and the entry price of the holder's band (free when it is 0)."""
+    band = f" {fare.band}" if fare.band else ""
+    second = f"免费入场{band}" if fare.amount == 0 else f"票价 {yuan(fare.amount)}{band}"
+    return Signal(("欢迎 Welcome", second), "ok", open_gate=True)
 
 
 class Feedback:

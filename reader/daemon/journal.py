@@ -197,6 +197,11 @@ class Journal:
 
         return run
 
+    def apply(self, settlement: Settlement) -> None:
+        """Settle on its own, in a transaction of its own: for a tap whose record is queued already."""
+        with self._queue.transaction() as conn:
+            self.settle(settlement)(conn)
+
     def settle_tap(self, tap_id: str) -> Callable[[sqlite3.Connection], None]:
         """The statement that settles the pending debit of `tap_id` (a card that never came back)."""
 

@@ -27,6 +27,8 @@ class TapContext:
     in_flight: bool = False
     """Set once a debit is journalled (or a torn one is being settled): from then on no
     failure may deny the tap, since the card may have paid."""
+    parameters_version: int | None = None
+    """The version of the back office's parameters the tap was decided with, if any."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ acts; what every kind shares happens here, in this order:
 
 from __future__ import annotations
 
+import structlog
+
 from protocols.errors import ProtocolError, TransportError
 from protocols.status import CardStatusError
 from reader.backends.base import CardChannel, ReaderError
@@ -44,6 +46,11 @@ class TapPipeline:
         self.kind: Kind = create_kind(services.config.terminal.profile, services, self.recorder)
 
     def __call__(self, channel: CardChannel, tap_id: str) -> None:
+        # Every event of the tap names it and its reader, whoever drives the pipeline.
+        with structlog.contextvars.bound_contextvars(tap_id=tap_id, reader=self.reader):
+            self._process(channel, tap_id)
+
+    def _process(self, channel: CardChannel, tap_id: str) -> None:
         services = self.services
         tap = TapContext(tap_id, services.now())
         try:
@@ -100,7 +107,7 @@ class TapPipeline:
             log.warning("tap_debit_torn", reason=decision.reason.value)
             services.feedback.give(signal_for(decision))
             return
-        record = self.recorder.record(outcome, tap.tap_id, tap.now)
+        record = self.recorder.record(outcome, tap.tap_id, tap.now, tap.parameters_version)
         try:
             self.recorder.commit(record, outcome)
         except OutOfServiceError as error:

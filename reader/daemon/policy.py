@@ -20,6 +20,22 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from reader.daemon.fares import (
+    AgeBand,
+    Fare,
+    FareCard,
+    FareRide,
+    FareRules,
+    IssuerFacts,
+    IssuerRules,
+    age_on,
+    band_for,
+    check_issuer,
+    fare_for_tap,
+)
+
+__all__ = ["AgeBand", "Fare", "age_on", "band_for"]  # re-exported: every kind's decisions use them
+
 
 class Outcome(enum.StrEnum):
     ACCEPTED = "accepted"
@@ -51,44 +67,30 @@ class Reason(enum.StrEnum):
     PSAM_UNAVAILABLE = "psam_unavailable"
     PSAM_CANNOT_AUTHENTICATE = "psam_cannot_authenticate"
     DEBIT_UNCONFIRMED = "debit_unconfirmed"
-
-
-@dataclass(frozen=True)
-class AgeBand:
-    """From `min_age` on, the holder pays `percent` of the fare (0 = free)."""
-
-    name: str
-    min_age: int
-    percent: int
-
-
-@dataclass(frozen=True)
-class Ride:
-    """One earlier ride taken from the card's process log (file 0x1E)."""
-
-    when: dt.datetime
-    line: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class Fare:
-    """The amount to debit and how it was reached."""
-
-    amount: int
-    base: int
-    transfer: bool
-    band: str | None
-
-
-def age_on(birth: dt.date, day: dt.date) -> int:
-    """Completed years on `day`; the birthday itself counts (29 February → 1 March)."""
-    years = day.year - birth.year
-    try:
-        birthday = birth.replace(year=day.year)
-    except ValueError:
-        birthday = dt.date(day.year, 3, 1)
-    return years if day >= birthday else years - 1
+    ISSUER_NOT_ACCEPTED = "issuer_not_accepted"
+    """Bus: a card of another city whose issuer the operator does not clear with."""
+    NOT_INTEROPERABLE = "not_interoperable"
+    """Bus: a card of another city that is not a T-Union interoperable card (0x17 says 0000)."""
+    MEAL_CHARGED = "meal_charged"
+    """Canteen: the meal's price after the holder's band discount is debited from the e-purse."""
+    MEAL_PAY_AT_POS = "meal_pay_at_pos"
+    """Canteen: the meal's price after the band discount goes back to the POS, which takes the payment."""
+    MEAL_DISCOUNT_USED = "meal_discount_used"
+    """Canteen: the card had its discounted meals of this meal period today; this one is at full price."""
+    NO_MEAL_PRICE = "no_meal_price"
+    """Canteen: the POS set no price for this tap (or it expired) and none is configured."""
+    VENUE_ENTRY = "venue_entry"
+    """Venue gate: entry at the price of the holder's band (recorded, not charged)."""
+    VENUE_ENTRY_RESERVED = "venue_entry_reserved"
+    """Venue gate: entry on a reservation for this time slot, at the price of the holder's band."""
+    NOT_RESERVED = "not_reserved"
+    """Venue gate: entry needs a reservation and the card has none for today."""
+    RESERVATION_SLOT_MISSED = "reservation_slot_missed"
+    """Venue gate: the card's reservation is for another time slot."""
+    VENUE_FULL = "venue_full"
+    """Venue gate: the day's capacity is reached."""
+    ALREADY_ENTERED = "already_entered"
+    """Venue gate: this card entered today already."""
 
 
 def validity_reason(day: dt.date, start: dt.date | None, expiry: dt.date | None) -> Reason | None:
@@ -103,32 +105,6 @@ def validity_reason(day: dt.date, start: dt.date | None, expiry: dt.date | None)
 def region_accepted(region: str, prefixes: Sequence[str]) -> bool:
     """Whether the card's region code (GB/T 2260, e.g. 510100) starts with an accepted prefix."""
     return any(region.startswith(prefix) for prefix in prefixes)
-
-
-def band_for(age: int | None, bands: Sequence[AgeBand]) -> AgeBand | None:
-    """The band with the highest threshold the holder has reached, if any."""
-    if age is None:
-        return None
-    reached = [band for band in bands if age >= band.min_age]
-    return max(reached, key=lambda band: band.min_age) if reached else None
-
-
-def is_transfer(
-    rides: Sequence[Ride], now: dt.datetime, window: dt.timedelta, line: str
-) -> bool:
-    """A paid ride on another line within `window` before now earns the transfer discount."""
-    return any(
-        ride.line != line and ride.amount > 0 and dt.timedelta(0) <= now - ride.when < window
-        for ride in rides
-    )
-
-
-def fare_for(base: int, transfer_discount: int, transfer: bool, band: AgeBand | None) -> Fare:
-    """The fare after the transfer discount, then the age band's percentage (rounded down)."""
-    amount = max(0, base - transfer_discount) if transfer else base
-    if band is not None:
-        amount = amount * band.percent // 100
-    return Fare(amount=amount, base=base, transfer=transfer, band=band.name if band else None)
 
 
 def within_passback(last_paid: dt.datetime | None, now: dt.datetime, window: dt.timedelta) -> bool:
@@ -156,15 +132,13 @@ class Decision:
 
 @dataclass(frozen=True)
 class BusRules:
-    """A validator's fare rules for one line (all amounts in fen)."""
+    """A validator's rules for one line: regions, passback, issuers and the fare table."""
 
-    line: str
-    fare: int
     accepted_regions: tuple[str, ...]
     passback: dt.timedelta
-    transfer_discount: int = 0
-    transfer_window: dt.timedelta = dt.timedelta(0)
-    bands: tuple[AgeBand, ...] = ()
+    fares: FareRules
+    issuers: IssuerRules | None = None
+    """The operator's home cities and issuer whitelist; None serves every T-Union card."""
 
 
 @dataclass(frozen=True)
@@ -178,10 +152,16 @@ class BusTap:
     balance: int
     overdraft_limit: int
     birth_date: dt.date | None
-    rides: tuple[Ride, ...]
+    rides: tuple[FareRide, ...]
     last_paid: dt.datetime | None
     last_refused: dt.datetime | None = None
     """When this terminal last found the card not genuine (its DEBIT refused MAC1)."""
+    issuer: IssuerFacts | None = None
+    """The 0x15 issuer id and the 0x17 interoperability flag; needed when `rules.issuers` is set."""
+    card_type: int | None = None
+    """File 0x17 byte 10, when it was read."""
+    known_band: AgeBand | None = None
+    """The holder's band kept from an earlier tap, when the birth date was not read again."""
 
 
 def _denied(reason: Reason) -> Decision:
@@ -189,21 +169,26 @@ def _denied(reason: Reason) -> Decision:
 
 
 def decide_bus(tap: BusTap, rules: BusRules, now: dt.datetime) -> Decision:
-    """Hotlist, a clone seen within the passback window, region, validity, passback, fare, funds."""
+    """Hotlist, a clone seen within the passback window, region, issuer, validity, passback, fare, funds."""
     if tap.hotlisted:
         return _denied(Reason.HOTLISTED)
     if within_passback(tap.last_refused, now, rules.passback):
         return _denied(Reason.CARD_NOT_GENUINE)
     if not region_accepted(tap.region, rules.accepted_regions):
         return _denied(Reason.REGION_NOT_ACCEPTED)
+    if rules.issuers is not None:
+        if tap.issuer is None:
+            return _denied(Reason.CARD_READ_FAILED)
+        check = check_issuer(tap.issuer, rules.issuers)
+        if check.reason is not None:
+            return _denied(Reason(check.reason.value))
     invalid = validity_reason(now.date(), tap.start, tap.expiry)
     if invalid is not None:
         return _denied(invalid)
     if within_passback(tap.last_paid, now, rules.passback):
         return _denied(Reason.ALREADY_PAID)
-    age = age_on(tap.birth_date, now.date()) if tap.birth_date else None
-    transfer = rules.transfer_discount > 0 and is_transfer(tap.rides, now, rules.transfer_window, rules.line)
-    fare = fare_for(rules.fare, rules.transfer_discount, transfer, band_for(age, rules.bands))
+    card = FareCard(tap.card_type, tap.birth_date, tap.rides, tap.known_band)
+    fare = fare_for_tap(card, now, rules.fares.table, rules.fares.line_code)
     if not has_funds(tap.balance, tap.overdraft_limit, fare.amount):
         return Decision(Outcome.DENIED, Reason.INSUFFICIENT_BALANCE, fare)
     return Decision(Outcome.ACCEPTED, Reason.OK, fare)

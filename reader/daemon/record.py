@@ -19,6 +19,10 @@ from typing import Any
 
 from reader.daemon.policy import Decision
 
+SCHEMA_VERSION = 2
+"""The version of the record's layout, `reader/daemon/tap-record.schema.json` (2: record_type,
+time_band, card_type, parameters_version)."""
+
 
 def card_token(key: bytes, card_number: str) -> str:
     """HMAC-SHA256 of the card number under the deployment key, hex (the hotlist's key too)."""
@@ -82,13 +86,22 @@ def tap_record(
     hotlist_version: str | None,
     debit: Debit | None = None,
     balance: int | None = None,
+    parameters_version: int | None = None,
+    record_type: str = "tap",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON record of one tap; `when` must be timezone-aware (local time with its offset)."""
+    """The JSON record of one tap; `when` must be timezone-aware (local time with its offset).
+
+    `record_type` is "tap" for a tap the terminal decided, "grey" for a torn debit whose card
+    never came back (clearing houses' name for it): its ATC, PSAM sequence, amount and time
+    let the back office match it against the card's next transaction.
+    """
     if when.tzinfo is None:
         raise ValueError("tap time must carry its UTC offset")
     fare = decision.fare
     record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "record_type": record_type,
         "tap_id": tap_id,
         "terminal_id": terminal_id,
         "profile": profile,
@@ -102,6 +115,8 @@ def tap_record(
         "fare_base": fare.base if fare else None,
         "transfer": fare.transfer if fare else None,
         "concession": fare.band if fare else None,
+        "time_band": getattr(fare, "time_band", None),
+        "card_type": getattr(fare, "card_type", None),
         "balance_before": debit.balance_before if debit else balance,
         "balance_after": debit.balance_after if debit else None,
         "atc": debit.atc if debit else None,
@@ -111,6 +126,7 @@ def tap_record(
         "recovered": debit.recovered if debit else None,
         "overdraft_allowance": debit.overdraft_allowance if debit else None,
         "hotlist_version": hotlist_version,
+        "parameters_version": parameters_version,
     }
     if extra:
         record.update(extra)

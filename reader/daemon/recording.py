@@ -26,8 +26,13 @@ class Recorder:
         self.services = services
         self.reader = reader
 
-    def record(self, outcome: TapOutcome, tap_id: str, now: dt.datetime) -> dict[str, Any]:
-        """The record of `outcome`; a recovered debit keeps its own tap's id and time."""
+    def record(
+        self, outcome: TapOutcome, tap_id: str, now: dt.datetime, parameters_version: int | None = None
+    ) -> dict[str, Any]:
+        """The record of `outcome`; a recovered debit keeps its own tap's id and time.
+
+        `parameters_version` is the version of the back office's parameters that decided it.
+        """
         purse = outcome.purse
         if purse is not None and purse.original is not None:
             tap_id, now = purse.original
@@ -43,6 +48,7 @@ class Recorder:
             hotlist_version=self.services.hotlist.version,
             debit=purse.debit if purse else None,
             balance=purse.balance if purse else None,
+            parameters_version=parameters_version,
         )
 
     def commit(self, record: dict[str, Any], outcome: TapOutcome) -> None:
@@ -63,7 +69,8 @@ class Recorder:
             self.services.queue.enqueue(record, also=journal.settle(settlement) if needs else None)
         except DuplicateTapError:
             # Only a record committed without its settlement (a journal of an earlier version)
-            # gets here: the debit is recorded already, so the settlement is all that is left.
+            # gets here: the debit is recorded already, so the settlement is all that is left,
+            # the card's mark with it (a card that just paid must not be charged again).
             log.warning("tap_already_recorded", recorded_tap_id=record["tap_id"])
-            if serial is not None:
-                journal.clear(serial)
+            if needs:
+                journal.apply(settlement)

@@ -15,6 +15,7 @@ from reader.daemon.feedback import Feedback
 from reader.daemon.journal import Journal
 from reader.daemon.record import TapIdGenerator, card_token
 from reader.uplink.hotlist import HotlistStore
+from reader.uplink.parameters import ParameterStore
 from reader.uplink.queue import TapQueue
 
 
@@ -31,6 +32,8 @@ class Services:
     feedback: Feedback
     events: EventHub
     card_requests: CardRequests | None
+    parameters: ParameterStore | None = None
+    """The back office's operator parameters in force, where the terminal takes them."""
     tap_ids: TapIdGenerator = field(default_factory=TapIdGenerator)
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
@@ -46,7 +49,7 @@ class Services:
         slot = self.psam
         if slot is None:
             return None
-        return lambda apdu: slot.transmit(apdu)
+        return slot.transmit
 
     def token(self, card_number: str) -> str:
         return card_token(self.token_key, card_number)
@@ -56,6 +59,11 @@ class Services:
 
     @property
     def passback_keep(self) -> dt.timedelta:
-        """How long the journal keeps what it remembers of a card (the bus's passback window)."""
-        bus = self.config.bus
-        return dt.timedelta(seconds=bus.passback_seconds if bus else 0)
+        """How long the journal keeps what it remembers of a card: the bus's passback window,
+        the canteen's repeat window (a card refused as not genuine stays refused that long)."""
+        config = self.config
+        if config.bus is not None:
+            return dt.timedelta(seconds=config.bus.passback_seconds)
+        if config.canteen is not None:
+            return dt.timedelta(seconds=config.canteen.repeat_seconds)
+        return dt.timedelta(0)

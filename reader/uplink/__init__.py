@@ -50,8 +50,9 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from reader.uplink.hotlist import HotlistStore
+    from reader.uplink.parameters import ParameterStore
     from reader.uplink.queue import TapQueue
-    from reader.uplink.settings import HotlistSettings, HttpUplinkSettings, MqttUplinkSettings
+    from reader.uplink.settings import HotlistSettings, HttpUplinkSettings, MqttUplinkSettings, ParameterSettings
     from reader.uplink.worker import UplinkWorker
 
 
@@ -105,6 +106,23 @@ def create_hotlist_sync(
     return None
 
 
+def create_parameter_sync(
+    store: ParameterStore,
+    settings: ParameterSettings,
+    *,
+    mqtt: MqttUplinkSettings,
+    terminal_id: str,
+) -> UplinkWorker | None:
+    """The parameter sync worker for the configured source (not started); None for source 'none'."""
+    from reader.uplink.parameters import HttpParameterSync, MqttParameterSync
+
+    if settings.source == "http":
+        return HttpParameterSync(store, settings)
+    if settings.source == "mqtt":
+        return MqttParameterSync(store, settings, mqtt, terminal_id=terminal_id)
+    return None
+
+
 __all__ = [
     "BackoffSettings",
     "DiskFullError",
@@ -137,6 +155,7 @@ __all__ = [
     "UplinkStats",
     "UplinkWorker",
     "create_hotlist_sync",
+    "create_parameter_sync",
     "create_uplink",
     "encode_hotlist",
     "token_digest",

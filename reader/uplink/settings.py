@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STATE_DIR = Path("/var/lib/sscard")
 
@@ -193,4 +193,35 @@ class HotlistSettings(_Settings):
                 raw = b""
         if len(raw) != 32:
             raise ValueError("hotlist public_key must be the 32-byte Ed25519 key as 64 hex digits or base64")
+        return raw
+
+
+class ParameterSettings(_Settings):
+    """`[parameters]`: where the bundle is kept, where new ones come from, and whose key signs them.
+
+    `public_key` unset means the hotlist's (`[hotlist] public_key`): one back office, one key.
+    """
+
+    path: Path = STATE_DIR / "parameters.json"
+    source: Literal["none", "http", "mqtt"] = "none"
+    public_key: str | None = Field(default=None, description="back-office Ed25519 key, hex or base64; unset: hotlist's")
+    http_url: str | None = None
+    poll_interval_s: float = Field(default=300.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    tls: TlsSettings = TlsSettings()
+    backoff: BackoffSettings = BackoffSettings(initial_s=5.0, max_s=600.0)
+    mqtt_topic: str = Field(default="sscard/parameters/{terminal_id}", description="retained topic")
+    max_bytes: int = Field(default=1024 * 1024, gt=0, description="refuse larger bundles")
+
+    def key_bytes(self, hotlist: HotlistSettings | None = None) -> bytes:
+        """The 32 raw key bytes (parsed as the hotlist parses its key); ValueError if there is none."""
+        text = self.public_key if self.public_key is not None else (hotlist.public_key if hotlist else None)
+        if text is None:
+            raise ValueError("parameters need a public key: [parameters] public_key or [hotlist] public_key")
+        try:
+            raw = HotlistSettings(public_key=text).public_key_bytes()
+        except ValidationError as error:
+            raise ValueError(f"parameters public_key: {error.errors()[0]['msg']}") from None
+        assert raw is not None
         return raw

@@ -14,12 +14,21 @@ with --verbose), so they never break the table. At the end the demo waits, for a
 time, until the uplink has delivered every tap record, then prints a summary: taps by result
 and reason, revenue, delivered and still queued. `--json` prints the raw tap records, one
 JSON object a line, instead of the table (the rest then goes to stderr).
+
+`--kind` runs another terminal kind on the same bench instead, from its shipped example
+configuration (config/<kind>.toml) moved onto the virtual readers, with the cards that
+exercise its rules: `library` and `pharmacy` (who is served), `canteen` (the meal priced by
+the holder's age band, a double tap, the discount of the meal period used up, a low balance)
+and `venue` (entry priced by band, once a day). The canteen and the venue run on a pinned
+clock (today at lunch time, and at opening time), so their meal periods and daily counts are
+shown whatever the hour of the run. `--kind bus` is the default demo.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import secrets
 import sys
@@ -27,6 +36,7 @@ import tempfile
 import threading
 import time
 import tomllib
+import zoneinfo
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +65,9 @@ DRAIN_TIMEOUT = 10.0
 """How long the demo waits at the end for the uplink to deliver every tap record."""
 SETTLE_SECONDS = 0.3
 """How long a card stays on the reader after its decision, as a rider's would."""
+KINDS = ("bus", "library", "pharmacy", "canteen", "venue")
+PINNED_HOUR = {"canteen": (11, 30), "venue": (10, 0)}
+"""The local time of day the canteen and venue demos run at (lunch, opening time)."""
 
 Record = Mapping[str, Any]
 
@@ -71,6 +84,8 @@ class Step:
     title: str
     card: Callable[[], CardSide]
     signals: int = 1
+    later: float = 0.0
+    """Seconds the demo's pinned clock moves on before this card (canteen, venue)."""
 
 
 @dataclass
@@ -86,7 +101,12 @@ class Tap:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `demo`; the configuration is located at run time (bundled_config), not at import."""
     parser = sub.add_parser("demo", help="run a bus validator on virtual readers and cards (no hardware)")
-    parser.add_argument("--config", type=Path, default=None, help="bus configuration (default: the bundled demo)")
+    parser.add_argument(
+        "--kind", choices=KINDS, default=None, help="the terminal kind to run (default: bus, the bundled demo)"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="configuration (default: the bundled demo, or the kind's example)"
+    )
     parser.add_argument("--json", action="store_true", help="print the raw tap records (JSON lines), not the table")
     parser.add_argument("--verbose", action="store_true", help="send the daemon's logs to stderr, not to the log file")
     parser.add_argument("--keep", action="store_true", help="keep the state folder (queue, journal, logs) afterwards")
@@ -101,6 +121,11 @@ def demo_config(path: Path, workdir: Path, uplink_url: str, uplink_key: Path) ->
     since one queue feeds one uplink.
     """
     raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    return _with_state(raw, path, workdir, uplink_url, uplink_key)
+
+
+def _with_state(raw: dict[str, Any], path: Path, workdir: Path, uplink_url: str, uplink_key: Path) -> Config:
+    """`raw` with the demo's state folder, a fresh token key and the embedded back office."""
     key = workdir / "token.key"
     key.write_text(secrets.token_hex(32))
     raw["terminal"]["state_dir"] = str(workdir)
@@ -109,6 +134,38 @@ def demo_config(path: Path, workdir: Path, uplink_url: str, uplink_key: Path) ->
     http.update(enabled=True, url=uplink_url, hmac_key_file=str(uplink_key))
     raw["uplink"] = {"http": http}
     return parse_config(raw, str(path))
+
+
+def kind_demo_config(path: Path, workdir: Path, uplink_url: str, uplink_key: Path) -> Config:
+    """A kind's example configuration on the virtual bench: the vpcd readers, no devices.
+
+    The example's own readers, serial devices, local API, hotlist source and reservation
+    list are for a real installation; the demo uses the vpcd slots and the embedded back
+    office, and leaves the rest out.
+    """
+    raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    raw["readers"] = {"pcsc": {"contactless": CARD_SLOT, "sam": SAM_SLOT}}
+    for section in ("api", "hotlist"):
+        raw.pop(section, None)
+    if isinstance(raw.get("venue"), dict):
+        raw["venue"].pop("reservations", None)
+    return _with_state(raw, path, workdir, uplink_url, uplink_key)
+
+
+class PinnedClock:
+    """The demo terminal's clock: today at a fixed local time, moved on only by the script."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dt.datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += dt.timedelta(seconds=seconds)
 
 
 class Watcher:
@@ -173,6 +230,52 @@ def script(workdir: Path) -> list[Step]:
         Step("transport app locked", card("locked-transport")),
         Step("no transport app", card("no-transport")),
         Step("low balance", card("low-balance")),
+        Step("holder over 70", card("elderly")),
+        Step("second-generation card", card("second-generation")),
+        Step("cloned card (wrong keys)", card("cloned")),
+    ]
+
+
+def kind_script(kind: str, workdir: Path) -> list[Step]:
+    """The cards that exercise the rules of `kind`; the bus's are `script`'s."""
+    if kind == "bus":
+        return script(workdir)
+
+    def card(name: str, balance: int | None = None) -> Callable[[], CardSide]:
+        def make() -> CardSide:
+            state = workdir / f"{name}.json"
+            fresh = not state.exists()
+            virtual = VirtualCard.from_profile(name, state_path=state)
+            if fresh and balance is not None:  # topped up at a service point before the demo
+                virtual.store.commit(virtual.memory.with_changes(balance=balance))
+            return virtual
+
+        return make
+
+    if kind == "canteen":
+        return [
+            Step("Sichuan card (no band)", card("sichuan")),
+            Step("holder over 60 (senior)", card("elderly", 5000)),
+            Step("same card at once (double)", card("elderly", 5000)),
+            Step("same card, second meal", card("elderly", 5000), later=120),
+            Step("low balance", card("low-balance")),
+            Step("expired card", card("expired")),
+            Step("cloned card (wrong keys)", card("cloned")),
+        ]
+    if kind == "venue":
+        return [
+            Step("Sichuan card (full price)", card("sichuan")),
+            Step("holder over 65 (free)", card("elderly")),
+            Step("Sichuan card again today", card("sichuan")),
+            Step("expired card", card("expired")),
+            Step("Wenzhou card (region)", card("no-transport")),
+            Step("cloned card (wrong keys)", card("cloned")),
+        ]
+    return [
+        Step("Sichuan card", card("sichuan")),
+        Step("Chongqing card", card("chongqing")),
+        Step("expired card", card("expired")),
+        Step("Wenzhou card (region)", card("no-transport")),
         Step("holder over 70", card("elderly")),
         Step("second-generation card", card("second-generation")),
         Step("cloned card (wrong keys)", card("cloned")),
@@ -266,8 +369,12 @@ class Delivery:
     drained: bool
 
 
-def summary_lines(records: Sequence[Record], delivery: Delivery) -> list[str]:
-    """Taps by result and by reason, revenue in yuan, and what the uplink delivered."""
+def summary_lines(records: Sequence[Record], delivery: Delivery, kind: str = "bus") -> list[str]:
+    """Taps by result and by reason, revenue in yuan, and what the uplink delivered.
+
+    At a venue gate the fare of a record is the entry price of the band, recorded and not
+    charged: it is summed as the entries' value, not as revenue.
+    """
     results = Counter(str(record.get("result")) for record in records)
     lines = [f"Summary: {len(records)} taps"]
     for result, count in sorted(results.items()):
@@ -277,7 +384,12 @@ def summary_lines(records: Sequence[Record], delivery: Delivery) -> list[str]:
     fares = [record.get("fare") for record in records if record.get("result") == "accepted"]
     paid = [fare for fare in fares if isinstance(fare, int) and fare > 0]
     free = sum(fare == 0 for fare in fares)
-    lines.append(f"  {'revenue':<12}{yuan(sum(paid))} yuan ({len(paid)} paid rides, {free} free)")
+    if kind == "venue":
+        lines.append(f"  {'entries':<12}{len(fares)} ({free} free), value {yuan(sum(paid))} yuan, not charged")
+    elif kind == "bus":
+        lines.append(f"  {'revenue':<12}{yuan(sum(paid))} yuan ({len(paid)} paid rides, {free} free)")
+    elif any(isinstance(fare, int) for fare in fares):
+        lines.append(f"  {'revenue':<12}{yuan(sum(paid))} yuan ({len(paid)} paid, {free} free)")
     uplink = f"  {'uplink':<12}{delivery.delivered} delivered to the back office, {delivery.queued} queued"
     if delivery.poison:
         uplink += f", {delivery.poison} set aside as poison"
@@ -336,12 +448,16 @@ def logs_to(path: Path, verbose: bool, level: str) -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the scripted demo; 0 when every card was decided and every record delivered."""
-    path: Path = args.config if args.config is not None else bundled_config()
+    kind: str = args.kind or "bus"
+    if args.config is not None:
+        path: Path = args.config
+    else:
+        path = bundled_config() if kind == "bus" else example_config_path(kind)
     notes: TextIO = sys.stderr if args.json else sys.stdout
     with state_folder(args.keep) as workdir:
         log_file = workdir / "demo.log"
         with logs_to(log_file, args.verbose, args.log_level):
-            status = _run(path, workdir, args.json, notes)
+            status = _run(path, workdir, args.json, notes, kind)
         if not args.verbose:
             print(
                 f"Logs: {log_file}" + ("" if args.keep else " (removed with the state folder; --keep keeps it)"),
@@ -350,14 +466,21 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def _run(path: Path, workdir: Path, as_json: bool, notes: TextIO) -> int:
+def _run(path: Path, workdir: Path, as_json: bool, notes: TextIO, kind: str = "bus") -> int:
     uplink_key = workdir / "uplink.key"
     uplink_key.write_text(secrets.token_hex(32))
     with PcscdBench(log_file=workdir / "pcscd.log") as bench, BackOffice(hmac_key=uplink_key.read_bytes()) as office:
-        config = demo_config(path, workdir, office.url, uplink_key)
-        bus = config.bus
-        assert bus is not None, "the demo runs a bus validator"
-        print(f"Bus validator {config.terminal.id}, line {bus.line}, fare {yuan(bus.fare)} yuan", file=notes)
+        if kind == "bus":
+            config = demo_config(path, workdir, office.url, uplink_key)
+            bus = config.bus
+            assert bus is not None, "the demo runs a bus validator"
+            print(f"Bus validator {config.terminal.id}, line {bus.line}, fare {yuan(bus.fare)} yuan", file=notes)
+        else:
+            config = kind_demo_config(path, workdir, office.url, uplink_key)
+            if config.terminal.profile != kind:
+                print(f"{path}: terminal.profile is {config.terminal.profile!r}, not {kind!r}", file=notes)
+                return 2
+            print(f"{kind.capitalize()} terminal {config.terminal.id} ({path.name})", file=notes)
         print(f"pcscd {'started' if bench.owned else 'already running: reused'}; state in {workdir}", file=notes)
         print(f"Back office on loopback: {office.url}", file=notes)
         watcher = Watcher()
@@ -367,27 +490,36 @@ def _run(path: Path, workdir: Path, as_json: bool, notes: TextIO) -> int:
             daemon.start()
             try:
                 assert daemon.services is not None
+                clock: PinnedClock | None = None
+                if kind in PINNED_HOUR:
+                    hour, minute = PINNED_HOUR[kind]
+                    today = dt.datetime.now(zoneinfo.ZoneInfo(config.terminal.timezone))
+                    clock = PinnedClock(today.replace(hour=hour, minute=minute, second=0, microsecond=0))
+                    daemon.services.clock = clock
+                    print(f"Terminal clock pinned at {clock().isoformat(timespec='minutes')}", file=notes)
                 watcher.subscription = daemon.services.events.subscribe()
                 if not as_json:
                     print("\n" + "\n".join(table_header()), flush=True)
-                taps = _present(script(workdir), watcher, as_json)
+                taps = _present(kind_script(kind, workdir), watcher, as_json, clock)
                 records = [record for tap in taps for record in tap.records]
                 delivery = wait_for_delivery(daemon, office, records, DRAIN_TIMEOUT)
             finally:
                 daemon.stop()
-        print("", file=notes)
+        print(file=notes)
         undecided = [tap.step.title for tap in taps if not tap.decided]
         if undecided:
             print(f"Stopped: no decision for the {undecided[0]} within {DECISION_TIMEOUT:g} s", file=notes)
-        print("\n".join(summary_lines(records, delivery)), file=notes, flush=True)
+        print("\n".join(summary_lines(records, delivery, kind)), file=notes, flush=True)
     return 0 if not undecided and delivery.drained else 1
 
 
-def _present(steps: Sequence[Step], watcher: Watcher, as_json: bool) -> list[Tap]:
+def _present(steps: Sequence[Step], watcher: Watcher, as_json: bool, clock: PinnedClock | None = None) -> list[Tap]:
     """Present each card in turn and print its line (or its records) once it is decided."""
     taps: list[Tap] = []
     seen = 0
     for number, step in enumerate(steps, 1):
+        if clock is not None and step.later:
+            clock.advance(step.later)
         tap = Tap(step)
         with in_slot(step.card(), CARD_SLOT):
             tap.decided = watcher.wait(seen + step.signals)

@@ -26,12 +26,11 @@ def tap_logs() -> Iterator[LogBuffer]:
 
     Loggers are not cached meanwhile, so none stays bound to this buffer afterwards.
     """
-    saved = structlog.get_config()
     buffer = LogBuffer()
-    configure_logging(level="debug", stream=buffer)
+    restore = configure_logging(level="debug", stream=buffer)
     structlog.configure(cache_logger_on_first_use=False)
     yield buffer
-    structlog.configure(**saved)
+    restore()
 
 
 @pytest.fixture(scope="package")

@@ -4,8 +4,12 @@ shipped example configurations (bus: line 812, ¥2.00, 65+ half fare, 70+ free, 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
+
+import jsonschema
 
 from reader.daemon.record import card_token
 from sscard_sim.profile import CardProfile, load_card_profile
@@ -49,6 +53,8 @@ HOLDER = {
 }
 
 RECORD_FIELDS = {
+    "schema_version",
+    "record_type",
     "tap_id",
     "terminal_id",
     "profile",
@@ -60,6 +66,9 @@ RECORD_FIELDS = {
     "region",
     "fare",
     "fare_base",
+    "time_band",
+    "card_type",
+    "parameters_version",
     "transfer",
     "concession",
     "balance_before",
@@ -73,6 +82,18 @@ RECORD_FIELDS = {
     "hotlist_version",
 }
 """Every field of a tap record (an unconfirmed debit adds the masked application serial)."""
+
+RECORD_SCHEMA = jsonschema.Draft202012Validator(
+    json.loads((resources.files("reader.daemon") / "tap-record.schema.json").read_text(encoding="utf-8")),
+    format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+)
+"""The documented record layout (reader/daemon/tap-record.schema.json), as the back office reads it."""
+
+
+def assert_documented(record: dict[str, Any]) -> None:
+    """The record is what the shipped JSON Schema says a record is."""
+    errors = sorted(RECORD_SCHEMA.iter_errors(record), key=lambda error: list(error.path))
+    assert not errors, [f"{list(error.path)}: {error.message}" for error in errors]
 
 
 def profile(name: str) -> CardProfile:

@@ -49,10 +49,11 @@ INS_INITIALIZE = 0x50
 INS_UPDATE_CAPP = 0xDC
 INS_DEBIT = 0x54
 INS_PSAM_VERIFY_MAC2 = 0x72
-SELECT_EF06 = bytes.fromhex("00A4020002EF06")
+SELECT_EF05 = bytes.fromhex("00A4020002EF05")
 PURCHASE_SELECT = 5
-"""A bus tap selects the T-Union, the SSSE, EF05, EF06, then the T-Union again for the
-purchase: the fifth SELECT is the purchase's own."""
+"""A card's first bus tap selects the T-Union, the SSSE, EF05, EF06, then the T-Union again
+for the purchase: the fifth SELECT is the purchase's own. Once the holder's band is kept
+(every later tap of the card) EF06 is not selected, and the purchase's SELECT is the fourth."""
 
 NEXT_RIDE = 120.0
 """Seconds between two rides of one card: past the 60 s passback window of the examples."""
@@ -363,10 +364,11 @@ def tearing(workdir: Path, psam: TearingCard) -> TearingRun:
     with Terminal(config, clock) as terminal:
         daemon = terminal.daemon
         assert daemon is not None
-        for step in CARD_TEARS:
+        for number, step in enumerate(CARD_TEARS):
             clock.advance(NEXT_RIDE)
             sichuan.clear()
-            tearing_card.plan(ins=step.ins, when=step.when, occurrence=step.occurrence)
+            kept = number > 0 and step.ins == INS_SELECT  # the band is kept from the first tap
+            tearing_card.plan(ins=step.ins, when=step.when, occurrence=step.occurrence - kept)
             tap = terminal.tap(sichuan, signals=2)
             proof = sichuan_card.memory.last_proof
             torn_taps.append(

@@ -319,7 +319,7 @@ def _reset(connection: socket.socket) -> None:
 def test_clients_that_reset_leave_no_traceback(capfd: pytest.CaptureFixture[str]) -> None:
     """Resets mid-headers, mid-body, during a card wait and during a stream: at most single JSON log lines."""
     buffer = LogBuffer()
-    configure_logging(level="debug", stream=buffer)
+    restore = configure_logging(level="debug", stream=buffer)
     server = serve()
     try:
         port = port_of(server)
@@ -343,7 +343,7 @@ def test_clients_that_reset_leave_no_traceback(capfd: pytest.CaptureFixture[str]
         assert httpx.get(f"http://{server.address}/v1/status", headers=AUTH).status_code == 200
     finally:
         server.stop()
-        configure_logging()
+        restore()  # the package's capture (tap_logs) goes on for the tests after this one
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err + captured.out
     lines = buffer.events()

@@ -9,7 +9,7 @@ import pytest
 from sscard_sim.card import VirtualCard
 from sscard_sim.profile import bundled_profiles
 from tests.daemon.bench import CARD_PROFILES, TAP_DAY, Purse, local_time
-from tests.daemon.expected import BUS, RECORD_FIELDS, assert_identifies, token
+from tests.daemon.expected import BUS, RECORD_FIELDS, assert_documented, assert_identifies, token
 from tests.daemon.scenarios import BusRun
 
 
@@ -74,6 +74,7 @@ def test_records_are_what_was_committed(bus_run: BusRun) -> None:
     assert ids == sorted(ids), "tap ids are time-ordered"
     for record in bus_run.queued:
         assert set(record) == RECORD_FIELDS
+        assert_documented(record)
         assert (record["terminal_id"], record["profile"], record["reader"]) == (
             bus_run.config.terminal.id,
             "bus",

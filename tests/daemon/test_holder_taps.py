@@ -9,7 +9,7 @@ import pytest
 
 from reader.peripherals.relay import lcus_command
 from tests.daemon.bench import CARD_PROFILES, iter_strings, leaks, personal_values
-from tests.daemon.expected import HOLDER, RECORD_FIELDS, assert_identifies, profile
+from tests.daemon.expected import HOLDER, RECORD_FIELDS, assert_documented, assert_identifies, profile
 from tests.daemon.scenarios import LibraryRun, PharmacyRun
 
 RELAY_ON, RELAY_OFF = lcus_command(1, True), lcus_command(1, False)
@@ -42,6 +42,8 @@ def test_library_event_stream_carries_every_committed_record(library_run: Librar
     assert len(library_run.queued) == len(CARD_PROFILES)
     assert library_run.streamed == library_run.queued
     assert all(set(record) == RECORD_FIELDS for record in library_run.queued)
+    for record in library_run.queued:
+        assert_documented(record)
 
 
 @pytest.mark.parametrize("name", CARD_PROFILES)

@@ -229,9 +229,9 @@ def test_the_process_record_written_to_the_card_follows_the_layout_byte_for_byte
     when = TAP_DAY.strftime("%Y%m%d%H%M%S")
     expected = (
         "06"
-        + "0000510100000001"
-        + "02"
-        + "0812" + "0034" + "0007" + "00"
+         "0000510100000001"
+         "02"
+         "0812" + "0034" + "0007" + "00"
         + f"{FARE:08X}"
         + f"{before - FARE:08X}"
         + when

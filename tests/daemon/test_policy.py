@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import pytest
 
+from reader.daemon.fare_settings import bus_fare_rules
+from reader.daemon.fares import FareRide
 from reader.daemon.policy import (
     AgeBand,
     BusRules,
@@ -15,29 +17,27 @@ from reader.daemon.policy import (
     HolderTap,
     Outcome,
     Reason,
-    Ride,
     age_on,
     band_for,
     decide_bus,
     decide_holder,
-    fare_for,
     has_funds,
-    is_transfer,
     region_accepted,
     validity_reason,
     within_passback,
 )
 
 BANDS = (AgeBand("senior", 65, 50), AgeBand("elder", 70, 0))
-RULES = BusRules(
-    line="812",
-    fare=200,
-    accepted_regions=("51", "50"),
-    passback=dt.timedelta(seconds=60),
-    transfer_discount=100,
-    transfer_window=dt.timedelta(minutes=90),
-    bands=BANDS,
-)
+
+
+def rules(fare: int = 200, discount: int = 100) -> BusRules:
+    fares = bus_fare_rules(
+        line="812", fare=fare, age_bands=BANDS, transfer_discount=discount, transfer_window_minutes=90
+    )
+    return BusRules(accepted_regions=("51", "50"), passback=dt.timedelta(seconds=60), fares=fares)
+
+
+RULES = rules()
 NOW = dt.datetime(2026, 5, 20, 8, 30, tzinfo=dt.timezone(dt.timedelta(hours=8)))
 TAP = BusTap(
     region="510100",
@@ -128,21 +128,30 @@ def test_balance_equal_to_fare_and_overdraft(balance: int, overdraft: int, ok: b
     assert decision.reason == (Reason.OK if ok else Reason.INSUFFICIENT_BALANCE)
 
 
+def _ride(minutes_ago: float, line: str = "0101", amount: int = 200) -> FareRide:
+    """A paid bus ride, its line as the 0x1E record codes it (2 bytes BCD)."""
+    when = NOW.replace(tzinfo=None) - dt.timedelta(minutes=minutes_ago)
+    return FareRide(when, bytes.fromhex(line), line.lstrip("0"), amount, "5810", 0x02)
+
+
+def _fare(tap: BusTap, bus: BusRules = RULES) -> tuple[int, bool]:
+    fare = decide_bus(tap, bus, NOW).fare
+    assert fare is not None
+    return fare.amount, fare.transfer
+
+
 def test_transfer_discount_inside_the_window_on_another_line() -> None:
-    window = dt.timedelta(minutes=90)
-    earlier = Ride(NOW - dt.timedelta(minutes=89), line="101", amount=200)
-    assert is_transfer((earlier,), NOW, window, "812")
-    assert not is_transfer((replace(earlier, when=NOW - window),), NOW, window, "812")
-    assert not is_transfer((replace(earlier, line="812"),), NOW, window, "812")
-    assert not is_transfer((replace(earlier, amount=0),), NOW, window, "812")
-    fare = decide_bus(replace(TAP, rides=(earlier,)), RULES, NOW).fare
-    assert fare is not None and (fare.amount, fare.transfer) == (100, True)
+    assert _fare(replace(TAP, rides=(_ride(89),))) == (100, True)
+    assert _fare(replace(TAP, rides=(_ride(90),))) == (200, False)
+    assert _fare(replace(TAP, rides=(_ride(89, line="0812"),))) == (200, False)
+    assert _fare(replace(TAP, rides=(_ride(89, amount=0),))) == (200, False)
 
 
 def test_transfer_then_band_rounds_down() -> None:
-    assert fare_for(250, 100, True, BANDS[0]).amount == 75
-    assert fare_for(250, 300, True, None).amount == 0
-    assert fare_for(250, 100, False, None).amount == 250
+    senior = replace(TAP, birth_date=dt.date(1960, 1, 1), rides=(_ride(5),))
+    assert _fare(senior, rules(250, 100)) == (75, True)
+    assert _fare(replace(senior, birth_date=None), rules(250, 300)) == (0, True)
+    assert _fare(replace(TAP, rides=()), rules(250, 100)) == (250, False)
 
 
 def test_bus_checks_in_order() -> None:

@@ -13,6 +13,8 @@ import datetime as dt
 
 import pytest
 
+from reader.daemon.fare_settings import bus_fare_rules
+from reader.daemon.fares import FareRide
 from reader.daemon.policy import (
     AgeBand,
     BusRules,
@@ -21,28 +23,38 @@ from reader.daemon.policy import (
     HolderTap,
     Outcome,
     Reason,
-    Ride,
     decide_bus,
     decide_holder,
-    fare_for,
-    is_transfer,
 )
 
 NOW = dt.datetime(2026, 5, 20, 9, 0)
 WINDOW = dt.timedelta(minutes=90)
-RULES = BusRules(
-    line="0812",
-    fare=200,
-    accepted_regions=("51",),
-    passback=dt.timedelta(seconds=60),
-    transfer_discount=100,
-    transfer_window=WINDOW,
+
+
+def rules(discount: int = 100, bands: tuple[AgeBand, ...] = (), fare: int = 200) -> BusRules:
+    fares = bus_fare_rules(
+        line="812", fare=fare, age_bands=bands, transfer_discount=discount, transfer_window_minutes=90
+    )
+    return BusRules(accepted_regions=("51",), passback=dt.timedelta(seconds=60), fares=fares)
+
+
+RULES = rules()
+TAP = BusTap(
+    region="510100",
+    hotlisted=False,
+    start=dt.date(2024, 1, 1),
+    expiry=dt.date(2034, 1, 1),
+    balance=1000,
+    overdraft_limit=0,
+    birth_date=None,
+    rides=(),
+    last_paid=None,
 )
 
 
-def ride(offset: dt.timedelta, line: str = "0815", amount: int = 200) -> Ride:
-    """A paid ride `offset` before NOW (negative: after it)."""
-    return Ride(NOW - offset, line, amount)
+def ride(offset: dt.timedelta, line: str = "0815", amount: int = 200, industry: int = 0x02) -> FareRide:
+    """A paid ride `offset` before NOW (negative: after it), on `line` as its 0x1E record codes it."""
+    return FareRide(NOW - offset, bytes.fromhex(line), line.lstrip("0"), amount, "5810", industry)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +69,8 @@ def ride(offset: dt.timedelta, line: str = "0815", amount: int = 200) -> Ride:
     ],
 )
 def test_a_transfer_needs_a_ride_before_the_tap_and_within_the_window(offset: dt.timedelta, transfer: bool) -> None:
-    assert is_transfer((ride(offset),), NOW, WINDOW, "0812") is transfer
+    fare = decide_bus(dataclasses.replace(TAP, rides=(ride(offset),)), RULES, NOW).fare
+    assert fare is not None and fare.transfer is transfer and fare.amount == (100 if transfer else 200)
 
 
 def test_a_future_dated_ride_is_charged_the_full_fare() -> None:
@@ -77,18 +90,6 @@ def test_a_future_dated_ride_is_charged_the_full_fare() -> None:
 
 
 # -- every refusal of decide_bus / decide_holder keeps its outcome, reason and fare ----------
-
-TAP = BusTap(
-    region="510100",
-    hotlisted=False,
-    start=dt.date(2024, 1, 1),
-    expiry=dt.date(2034, 1, 1),
-    balance=1000,
-    overdraft_limit=0,
-    birth_date=None,
-    rides=(),
-    last_paid=None,
-)
 
 
 def test_a_card_refused_as_not_genuine_stays_refused_for_the_passback_window() -> None:
@@ -111,27 +112,28 @@ def test_insufficient_balance_is_denied_with_the_fare_it_could_not_pay() -> None
 
 
 @pytest.mark.parametrize(
-    ("discount", "line", "amount", "fare", "transfer"),
+    ("discount", "line", "amount", "industry", "fare", "transfer"),
     [
-        pytest.param(0, "0815", 200, 200, False, id="no-discount-configured-no-transfer"),
-        pytest.param(1, "0815", 200, 199, True, id="a-one-fen-discount"),
-        pytest.param(100, "0812", 200, 200, False, id="the-same-line-is-no-transfer"),
-        pytest.param(100, "0815", 1, 100, True, id="a-one-fen-ride-counts"),
-        pytest.param(100, "0815", 0, 200, False, id="a-free-ride-does-not"),
+        pytest.param(0, "0815", 200, 0x02, 200, False, id="no-discount-configured-no-transfer"),
+        pytest.param(1, "0815", 200, 0x02, 199, True, id="a-one-fen-discount"),
+        pytest.param(100, "0812", 200, 0x02, 200, False, id="the-same-line-is-no-transfer"),
+        pytest.param(100, "0815", 1, 0x02, 100, True, id="a-one-fen-ride-counts"),
+        pytest.param(100, "0815", 0, 0x02, 200, False, id="a-free-ride-does-not"),
+        pytest.param(100, "0815", 200, 0x01, 200, False, id="a-metro-ride-does-not"),
     ],
 )
 def test_the_transfer_discount_applies_exactly_when_the_rule_says(
-    discount: int, line: str, amount: int, fare: int, transfer: bool
+    discount: int, line: str, amount: int, industry: int, fare: int, transfer: bool
 ) -> None:
-    rules = dataclasses.replace(RULES, transfer_discount=discount)
-    tap = dataclasses.replace(TAP, rides=(ride(dt.timedelta(minutes=5), line=line, amount=amount),))
-    decided = decide_bus(tap, rules, NOW).fare
+    earlier = ride(dt.timedelta(minutes=5), line=line, amount=amount, industry=industry)
+    decided = decide_bus(dataclasses.replace(TAP, rides=(earlier,)), rules(discount), NOW).fare
     assert decided is not None and (decided.amount, decided.transfer) == (fare, transfer)
 
 
 def test_a_band_percentage_rounds_down_to_whole_fen() -> None:
-    fare = fare_for(250, 0, False, AgeBand("senior", 65, 75))
-    assert fare.amount == 187 and isinstance(fare.amount, int)
+    senior = dataclasses.replace(TAP, birth_date=dt.date(1960, 1, 1))
+    fare = decide_bus(senior, rules(0, (AgeBand("senior", 65, 75),), fare=250), NOW).fare
+    assert fare is not None and fare.amount == 187 and isinstance(fare.amount, int)
 
 
 def test_holder_validity_counts_from_the_issue_date() -> None:

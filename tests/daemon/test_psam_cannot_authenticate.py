@@ -98,7 +98,7 @@ def runs(psam: TearingCard, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         psam.card = genuine
     genuine_library = _taps(_holder("library", workdir / "library-genuine", key), ("cloned",))
     genuine_bus = _taps(_bus(workdir / "bus-genuine", key, "full_fare"), ("cloned",))
-    yield Runs(
+    return Runs(
         token_key=read_secret(f"file:{key}"),
         bus_refuse=bus_refuse,
         bus_full_fare=bus_full_fare,

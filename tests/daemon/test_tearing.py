@@ -10,11 +10,11 @@ import pytest
 
 from protocols.tunion import TransactionRecord
 from tests.daemon.bench import Purse, local_time
-from tests.daemon.expected import RECORD_FIELDS, token
+from tests.daemon.expected import RECORD_FIELDS, assert_documented, token
 from tests.daemon.scenarios import (
     CARD_TEARS,
     INS_SELECT,
-    SELECT_EF06,
+    SELECT_EF05,
     TearingRun,
     TearStep,
     TornTap,
@@ -59,7 +59,7 @@ def test_tear_and_return(tearing_run: TearingRun, index: int) -> None:
     assert torn.torn_command is not None and torn.torn_command[1] == step.ins, "the tear hit the planned command"
     if step.ins == INS_SELECT:
         assert torn.torn_command == select_purchase_app()
-        assert SELECT_EF06 in torn.commands_before_tear, "the purchase's SELECT, after the SSSE read"
+        assert SELECT_EF05 in torn.commands_before_tear, "the purchase's SELECT, after the SSSE read"
     first, back = tap.signals
     assert (first.lines[0], first.beep) == (TAP_AGAIN, "warning")
     assert back.beep == "ok"
@@ -137,6 +137,8 @@ def test_a_card_that_does_not_come_back_is_recorded_unconfirmed(tearing_run: Tea
     serial = run.chongqing.profile.tunion.public.application_serial if run.chongqing.profile.tunion else ""
     assert record["application_serial_masked"] == "*" * 16 + serial[-4:]
     assert set(record) == RECORD_FIELDS | {"application_serial_masked"}
+    assert record["record_type"] == "grey"
+    assert_documented(record)
 
 
 def test_the_next_start_records_a_debit_left_pending(tearing_run: TearingRun) -> None:

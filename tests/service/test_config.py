@@ -119,12 +119,12 @@ MISTAKES: dict[str, Mistake] = {
         ("uplink.mqtt.port: must be an integer, greater than 0 and less than 65536",),
     ),
     "unknown key": Mistake(
-        _replace("fare = 200", "fare = 200\nfares = 300"),
-        ("bus.fares: unknown key; allowed here: line, fare, accepted_regions, passback_seconds",),
+        _replace("fare = 200", "fare = 200\nfair = 300"),
+        ("bus.fair: unknown key; allowed here: line, fare, accepted_regions, passback_seconds",),
     ),
     "unknown section": Mistake(
         _append("\n[uplinks.http]\nenabled = true\n"),
-        ("uplinks: unknown section; allowed here: terminal, bus, library, pharmacy, api, readers, queue, uplink",),
+        ("uplinks: unknown section; allowed here: terminal, bus, library, pharmacy, canteen, venue, api, readers",),
     ),
     "bad reader pattern": Mistake(
         _replace('contactless = "virtual pcd 00 00"', 'contactless = "virtual (pcd"'),

@@ -343,6 +343,6 @@ def test_run_needs_the_socket_directory_that_check_config_leaves_to_systemd(tmp_
     run = _run(["run", "--config", str(path)])
     assert run.returncode == EX_CONFIG and run.stdout == ""
     assert run.stderr.splitlines() == [
-        f"{path}: api.listen: the directory {folder}/absent of the socket is not there"
-        " (the unit's RuntimeDirectory= creates /run/sscard; elsewhere, create it first)"
+        (f"{path}: api.listen: the directory {folder}/absent of the socket is not there"
+        " (the unit's RuntimeDirectory= creates /run/sscard; elsewhere, create it first)")
     ]

@@ -202,3 +202,67 @@ def test_json_prints_the_raw_records_instead_of_the_table(json_run: DemoRun) -> 
     assert not rows(json_run.stdout)
     assert f"  uplink      {len(records)} delivered to the back office, 0 queued" in json_run.stderr.splitlines()
     assert queue_status(json_run.state_dir)["delivered_total"] == len(records)
+
+
+# ---------------------------------------------------------------------- other terminal kinds
+
+KIND_EXPECTED = {
+    "canteen": (
+        ("accepted", "meal_charged", "15.00"),  # Sichuan card, no band: the example's fixed price
+        ("accepted", "meal_charged", "12.00"),  # holder of 78: band senior, 80 %
+        ("denied", "already_paid", "-"),  # the same card at once: a double tap at the fixed price
+        ("accepted", "meal_discount_used", "15.00"),  # two minutes on: the lunch discount is used
+        ("denied", "insufficient_balance", "-"),
+        ("denied", "expired", "-"),
+        ("denied", "card_not_genuine", "-"),
+    ),
+    "venue": (
+        ("accepted", "venue_entry", "40.00"),
+        ("accepted", "venue_entry", "0.00"),  # holder of 78: band elder, free
+        ("denied", "already_entered", "-"),
+        ("denied", "expired", "-"),
+        ("denied", "region_not_accepted", "-"),
+        ("denied", "card_not_genuine", "-"),
+    ),
+}
+"""What each scripted card of `sscard demo --kind` must come to, in the order of its script."""
+
+
+@pytest.fixture(scope="module", params=sorted(KIND_EXPECTED))
+def kind_run(request: pytest.FixtureRequest, pcscd: PcscdBench, tmp_path_factory: pytest.TempPathFactory) -> tuple[
+    str, DemoRun
+]:
+    kind: str = request.param
+    return kind, _demo(tmp_path_factory.mktemp(f"demo-{kind}"), "--kind", kind)
+
+
+def test_a_kind_demo_shows_its_rules_and_delivers_every_tap(kind_run: tuple[str, DemoRun]) -> None:
+    kind, run = kind_run
+    assert run.status == 0, run.stdout + run.stderr
+    assert run.stdout.startswith(f"{kind.capitalize()} terminal "), run.stdout
+    table = rows(run.stdout)
+    assert [(row.decision, row.reason, row.fare) for row in table] == list(KIND_EXPECTED[kind])
+    assert f"uplink      {len(table)} delivered to the back office, 0 queued" in run.stdout
+    assert queue_status(run.state_dir)["depth"] == 0
+
+
+def test_a_kind_demo_prices_by_band_charging_only_at_the_canteen(kind_run: tuple[str, DemoRun]) -> None:
+    kind, run = kind_run
+    table = rows(run.stdout)
+    if kind == "canteen":
+        senior, _, capped = table[1], table[2], table[3]
+        assert senior.display == "扣款 12.00 senior | 余额 38.00"
+        assert yuan_to_fen(senior.balance) - yuan_to_fen(capped.balance) == yuan_to_fen(capped.fare)
+        assert "优惠已用" in capped.display
+    else:
+        assert [row.display.split(" | ")[-1] for row in table[:2]] == ["票价 40.00", "免费入场 elder"]
+        assert all(row.balance == "-" for row in table), "a venue gate never reads or charges the purse"
+
+
+def test_the_default_demo_is_the_bus_and_kind_is_an_option() -> None:
+    done = subprocess.run([str(SSCARD), "demo", "--help"], capture_output=True, text=True, timeout=30, check=True)
+    assert "--kind {bus,library,pharmacy,canteen,venue}" in done.stdout
+    refused = subprocess.run(
+        [str(SSCARD), "demo", "--kind", "ferry"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert refused.returncode == 2 and "invalid choice" in refused.stderr

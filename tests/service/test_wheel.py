@@ -52,7 +52,7 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     venv.create(home, with_pip=True, symlinks=True)
     python = home / "bin" / "python"
     _pip(python, "install", str(wheel), cwd=home)
-    yield home / "bin"
+    return home / "bin"
 
 
 def _sscard(

@@ -98,8 +98,8 @@ def test_fixed_vectors_of_the_purchase_scheme() -> None:
         date=bytes.fromhex("20250601"),
         time=bytes.fromhex("083000"),
     )
-    mac1_data = bytes.fromhex("000000C8" "09" "510100000001" "20250601" "083000")
-    tac_data = bytes.fromhex("000000C8" "09" "510100000001" "00000005" "20250601" "083000")
+    mac1_data = bytes.fromhex("000000C80951010000000120250601083000")
+    tac_data = bytes.fromhex("000000C8095101000000010000000520250601083000")
     assert crypto.purchase_session_key(dpk, random4, atc, sequence) == session
     assert crypto.mac1(session, purchase) == reference_mac(session, mac1_data)
     assert crypto.mac2(session, 200) == reference_mac(session, bytes.fromhex("000000C8"))

@@ -12,7 +12,9 @@ from typing import Protocol
 
 from protocols.exchange import Transmit
 from reader.daemon.kinds.bus import BusKind
+from reader.daemon.kinds.canteen import CanteenKind
 from reader.daemon.kinds.holder import LibraryKind, PharmacyKind
+from reader.daemon.kinds.venue import VenueKind
 from reader.daemon.outcome import TapContext, TapOutcome
 from reader.daemon.recording import Recorder
 from reader.daemon.services import Services
@@ -28,6 +30,8 @@ KINDS: dict[str, Callable[[Services, Recorder], Kind]] = {
     "bus": BusKind,
     "library": LibraryKind,
     "pharmacy": PharmacyKind,
+    "canteen": CanteenKind,
+    "venue": VenueKind,
 }
 
 

@@ -1,34 +1,40 @@
 """The bus validator: read the e-purse and the holder's age band, decide the fare, charge it.
 
 The card's bytes go down into `protocols` in three conversations: `read_purse` (SELECT, file
-0x15, both balances, the journey log when transfers are priced), `read_items` (the SSSE's
-card number, region and birth date), and `purchase`, through the `Charger` that journals it.
-A torn debit of the same card is settled between the first and the second, before anything
-else is sent to the card.
+0x15, both balances, the journey log when transfers are priced, file 0x17 when issuers or card
+types are priced), the SSSE (`open_ssse` for the card number and region, then
+`read_protected` for the birth date, which a repeat rider skips: `BandCache`), and
+`purchase`, through the `Charger` that journals it. A torn debit of the same card is settled
+between the first and the second, before anything else is sent to the card.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from protocols.exchange import Transmit, command
 from protocols.purchase import CappUpdate
 from protocols.ssse_auth import PsamCannotAuthenticate, SsseAuthenticationFailed
-from protocols.ssse_items import SsseItems, read_items
+from protocols.ssse_items import SsseSession, open_ssse, read_protected
 from protocols.status import FileNotFound
-from protocols.tunion import SFI_PROCESS, ProcessRecord, PublicInfo, select_tunion
+from protocols.tunion import SFI_PROCESS, PublicInfo, select_tunion
 from protocols.tunion_process import build_process_record
 from protocols.tunion_read import PurseState, read_purse
 from reader.config import BusSettings, ConfigError
+from reader.daemon.band_cache import BandCache, KnownBand
 from reader.daemon.charge import CardSeen, Charger
 from reader.daemon.charge import ProcessRecord as RecordBuilder
+from reader.daemon.fares import AgeBand, IssuerFacts, age_on, band_for, band_until, ride_from_record
 from reader.daemon.journal import CardMark
 from reader.daemon.outcome import CardRef, TapContext, TapOutcome
-from reader.daemon.policy import AgeBand, BusRules, BusTap, Decision, Outcome, Reason, Ride, decide_bus
+from reader.daemon.policy import BusRules, BusTap, Decision, Outcome, Reason, decide_bus
 from reader.daemon.recording import Recorder
 from reader.daemon.services import Services
 from reader.log import get_logger
+from reader.uplink.parameters import Parameters
 
 INDUSTRY_BUS = 0x02
 TRANSACTION_SINGLE_RIDE = 0x06
@@ -50,6 +56,7 @@ class BusKind:
     def __init__(self, services: Services, recorder: Recorder) -> None:
         self.services = services
         self.charger = Charger(services, recorder)
+        self.bands = BandCache()
         _ = self.settings  # a missing [bus] section stops the daemon at start, not at the first tap
 
     @property
@@ -63,52 +70,38 @@ class BusKind:
     def process(self, card: Transmit, tap: TapContext) -> TapOutcome:
         services = self.services
         settings = self.settings
-        purse = read_purse(card, process_records=RECENT_RIDES if settings.transfer_discount else 0)
+        parameters = services.parameters.current() if services.parameters is not None else None
+        tap.parameters_version = parameters.version if parameters is not None else None
+        rules = bus_rules(settings, parameters)
+        table = rules.fares.table
+        needs_management = rules.issuers is not None or bool(table.card_types)
+        purse = read_purse(
+            card, process_records=RECENT_RIDES if table.transfer else 0, management=needs_management
+        )
         if purse.public is not None:
             settled = self.charger.settle_torn(card, purse.public, tap, purse.balance)
             if settled is not None:
                 return settled
 
         problem = _PURSE_PROBLEMS.get(purse.state)
-        ef06 = (0x0D,) if settings.bands and problem is None else ()
-        refused: PsamCannotAuthenticate | None = None
         try:
-            items = read_items(card, services.psam_transmit(), (0x01, 0x07), ef06)
+            session = open_ssse(card, (0x01, 0x07))
         except FileNotFound:
             return _denied(Reason.NOT_A_SOCIAL_SECURITY_CARD)
-        except PsamCannotAuthenticate as error:
-            # EF06 stays closed, so no birth date and no age band; the card is not at fault.
-            refused = error
-            items = SsseItems(dict(error.readable), authenticated=False)
-        except SsseAuthenticationFailed as error:
-            log.warning("tap_card_not_genuine", step=error.step.value)
-            return _denied(Reason.CARD_NOT_GENUINE)
-        card_id = items.values.get("card_identification_code")
-        number = items.text("card_number")
-        if not isinstance(card_id, bytes) or number is None:
+        card_id = session.values.get("card_identification_code")
+        number = session.values.get("card_number")
+        if not isinstance(card_id, bytes) or not isinstance(number, str):
             return _denied(Reason.CARD_READ_FAILED)
         ref = CardRef(services.token(number), card_id[:3].hex().upper())
-        if refused is not None:
-            log.warning(
-                "tap_psam_cannot_authenticate",
-                step=refused.step.value,
-                command=refused.command,
-                sw=f"{refused.sw:04X}",
-                on_birth_date_unreadable=settings.on_birth_date_unreadable,
-            )
-            if settings.on_birth_date_unreadable == "refuse":
-                return _denied(Reason.PSAM_CANNOT_AUTHENTICATE, ref)
-        log.info(
-            "tap_card_read",
-            region=ref.region,
-            authenticated=items.authenticated,
-            transport=problem.value if problem else "ok",
-        )
+        bands, day = table.age_bands, tap.now.date()
+        holder = self._holder(session, ref, bands, day, kept=True) if bands and problem is None else Holder()
+        refusal = self._refusal(holder, ref, settings)
+        if refusal is not None:
+            return refusal
         if problem is not None or purse.public is None:
+            self._log_read(ref, holder, problem)
             return _denied(problem or Reason.CARD_READ_FAILED, ref)
 
-        # The SSSE read left the SSSE selected: back to the e-purse for the debit.
-        command(card, select_tunion(), "SELECT T-Union")
         journal = services.journal
         bus_tap = BusTap(
             region=ref.region,
@@ -117,21 +110,90 @@ class BusKind:
             expiry=purse.public.expiry_date,
             balance=purse.balance,
             overdraft_limit=purse.allowance,
-            birth_date=_date(items.values.get("birth_date")),
-            rides=bus_rides(purse.process_records),
+            birth_date=holder.birth_date,
+            known_band=holder.known.band if holder.known is not None else None,
+            rides=tuple(ride_from_record(record, rules.fares.line_codec) for record in purse.process_records),
             last_paid=_local(journal.last(ref.token, CardMark.PAID), tap.now),
             last_refused=_local(journal.last(ref.token, CardMark.NOT_GENUINE), tap.now),
+            issuer=IssuerFacts.from_files(purse.public, purse.management),
+            card_type=purse.management.card_kind if purse.management else None,
         )
-        decision = decide_bus(bus_tap, bus_rules(settings), tap.now.replace(tzinfo=None))
+        decision = decide_bus(bus_tap, rules, tap.now.replace(tzinfo=None))
+        if holder.known is not None and not _charged(decision):
+            # Only a charged ride proves the card, by the purchase's MACs; any other verdict
+            # (free, already paid, refused) rests on the SSSE, so the card proves itself there.
+            holder = self._holder(session, ref, bands, day, kept=False)
+            refusal = self._refusal(holder, ref, settings)
+            if refusal is not None:
+                return refusal
+            bus_tap = dataclasses.replace(bus_tap, birth_date=holder.birth_date, known_band=None)
+            decision = decide_bus(bus_tap, rules, tap.now.replace(tzinfo=None))
+        self._log_read(ref, holder, problem)
         seen = CardSeen(ref, purse.balance, purse.allowance)
         if not decision.accepted or decision.fare is None:
             return seen.outcome(decision)
         if decision.fare.amount == 0:
             return seen.outcome(decision, mark=(CardMark.PAID, tap.now))
-        record = self._ride_record(settings, purse.public, decision.fare.amount, tap.now)
+        # The SSSE read left the SSSE selected: back to the e-purse for the debit.
+        command(card, select_tunion(), "SELECT T-Union")
+        record = self._ride_record(settings, rules.fares.line_code, purse.public, decision.fare.amount, tap.now)
         return self.charger.charge(card, tap, purse.public, decision, seen, record, key_index=settings.psam_key_index)
 
-    def _ride_record(self, settings: BusSettings, public: PublicInfo, amount: int, now: dt.datetime) -> RecordBuilder:
+    def _refusal(self, holder: Holder, ref: CardRef, settings: BusSettings) -> TapOutcome | None:
+        """The tap's end when the SSSE read refused the card, or the PSAM could not read it."""
+        if holder.not_genuine:
+            return _denied(Reason.CARD_NOT_GENUINE)
+        refused = holder.refused
+        if refused is None:
+            return None
+        log.warning(
+            "tap_psam_cannot_authenticate",
+            step=refused.step.value,
+            command=refused.command,
+            sw=f"{refused.sw:04X}",
+            on_birth_date_unreadable=settings.on_birth_date_unreadable,
+        )
+        if settings.on_birth_date_unreadable == "refuse":
+            return _denied(Reason.PSAM_CANNOT_AUTHENTICATE, ref)
+        return None
+
+    def _log_read(self, ref: CardRef, holder: Holder, problem: Reason | None) -> None:
+        log.info(
+            "tap_card_read",
+            region=ref.region,
+            authenticated=holder.authenticated,
+            band_kept=holder.known is not None,
+            transport=problem.value if problem else "ok",
+        )
+
+    def _holder(
+        self, session: SsseSession, ref: CardRef, bands: Sequence[AgeBand], day: dt.date, *, kept: bool
+    ) -> Holder:
+        """The holder's age band: kept from an earlier tap (when `kept`), or from the birth date (EF06).
+
+        A band kept for the card serves until the day it could change, and only for a ride
+        that is charged (the caller checks the verdict, and asks again with `kept` False).
+        """
+        known = self.bands.get(ref.token, day, bands) if kept else None
+        if known is not None:
+            return Holder(known=known)
+        try:
+            items = read_protected(session, self.services.psam_transmit(), (0x0D,))
+        except PsamCannotAuthenticate as error:
+            # EF06 stays closed, so no birth date and no age band; the card is not at fault.
+            return Holder(refused=error)
+        except SsseAuthenticationFailed as error:
+            log.warning("tap_card_not_genuine", step=error.step.value)
+            return Holder(not_genuine=True)
+        birth = _date(items.values.get("birth_date"))
+        if birth is not None and items.authenticated:
+            known = KnownBand(band_for(age_on(birth, day), bands), band_until(birth, day, bands))
+            self.bands.put(ref.token, known, bands)
+        return Holder(birth_date=birth, authenticated=items.authenticated)
+
+    def _ride_record(
+        self, settings: BusSettings, line_code: bytes, public: PublicInfo, amount: int, now: dt.datetime
+    ) -> RecordBuilder:
         """The ride's 0x1E record, built once the card's balance after and the PSAM's number are known."""
         city = bytes.fromhex(settings.city_code) if settings.city_code else public.issuer_id[2:4]
 
@@ -140,7 +202,7 @@ class BusKind:
                 transaction_type=TRANSACTION_SINGLE_RIDE,
                 terminal_number=terminal_number,
                 industry=INDUSTRY_BUS,
-                line=settings.line,
+                line=line_code,
                 station=settings.station,
                 operator_code=settings.operator_code,
                 amount=amount,
@@ -154,31 +216,38 @@ class BusKind:
         return build
 
 
-def bus_rules(settings: BusSettings) -> BusRules:
-    """The pure fare rules of the configured line."""
+@dataclass(frozen=True)
+class Holder:
+    """What a tap learnt of the holder for the fare: the birth date, or a band kept from before."""
+
+    birth_date: dt.date | None = None
+    known: KnownBand | None = None
+    authenticated: bool = False
+    refused: PsamCannotAuthenticate | None = None
+    """The PSAM could not authenticate the card, so its birth date stays closed."""
+    not_genuine: bool = False
+
+
+def bus_rules(settings: BusSettings, parameters: Parameters | None = None) -> BusRules:
+    """The pure rules of the configured line: regions, passback, issuers and fares.
+
+    A bundle of parameters from the back office replaces the whole fare side of `[bus]`, and
+    its whitelist the file's; a bundle without a whitelist leaves the file's in force.
+    """
+    issuers = settings.whitelist.to_rules() if settings.whitelist is not None else None
+    if parameters is not None:
+        issuers = parameters.issuers or issuers
     return BusRules(
-        line=line_code(settings.line),
-        fare=settings.fare,
         accepted_regions=tuple(settings.accepted_regions),
         passback=dt.timedelta(seconds=settings.passback_seconds),
-        transfer_discount=settings.transfer_discount,
-        transfer_window=dt.timedelta(minutes=settings.transfer_window_minutes),
-        bands=tuple(AgeBand(b.name, b.min_age, b.percent) for b in settings.bands),
+        fares=parameters.fares if parameters is not None else settings.fare_rules(),
+        issuers=issuers,
     )
 
 
-def bus_rides(records: Sequence[ProcessRecord]) -> tuple[Ride, ...]:
-    """The bus rides among the journey log's records (other industries earn no bus transfer)."""
-    return tuple(
-        Ride(record.time, record.line_station[:2].hex(), record.amount)
-        for record in records
-        if record.time is not None and record.industry == INDUSTRY_BUS
-    )
-
-
-def line_code(line: str) -> str:
-    """The line as the 0x1E record stores it (2 bytes BCD), and as rides read back from it compare."""
-    return line.zfill(4)[-4:]
+def _charged(decision: Decision) -> bool:
+    """Whether the verdict sends a purchase, whose MACs prove the card genuine."""
+    return decision.accepted and decision.fare is not None and decision.fare.amount > 0
 
 
 def _denied(reason: Reason, card: CardRef | None = None) -> TapOutcome:
