@@ -15,8 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reader.config import BusSettings, Config
+from reader.daemon.record import card_token
+from reader.uplink.hotlist import encode_delta, encode_full, token_digest
 from reader.uplink.parameters import encode_bundle
-from reader.uplink.settings import ParameterSettings
+from reader.uplink.settings import HotlistSettings, ParameterSettings
 from sscard_sim.card import VirtualCard
 from sscard_sim.profile import PROFILE_DIR
 from sscard_sim.tearing import TearingCard
@@ -154,3 +156,44 @@ def test_parameters_from_the_back_office_apply_without_a_restart(psam: TearingCa
     assert after.before is not None and after.after is not None
     assert after.before.balance - after.after.balance == 350, "the card paid the bundle's fare"
     assert (kept["fare"], kept["parameters_version"]) == (350, 7)
+
+
+def test_hotlist_updates_that_do_not_check_out_leave_the_list_in_force(psam: TearingCard, tmp_path: Path) -> None:
+    """Through the running validator: a delta on another base, or signed by another key, is refused
+    whole; the card stays refused until a good delta removes it."""
+    card = VirtualCard.from_profile("sichuan")
+    with BackOfficeServer() as backoffice:
+        config = bus_terminal(tmp_path)
+        hotlist = HotlistSettings.model_validate(
+            {
+                "source": "http",
+                "http_url": backoffice.hotlist_url,
+                "public_key": BACK_OFFICE_PUBLIC,
+                "poll_interval_s": 0.1,
+                "path": str(tmp_path / "hotlist.bin"),
+            }
+        )
+        config = config.model_copy(update={"hotlist": hotlist})
+        clock = ManualClock(TAP_DAY + dt.timedelta(hours=3))
+        with Terminal(config, clock) as validator:
+            services = validator.daemon.services if validator.daemon else None
+            assert services is not None
+            entry = token_digest(bytes.fromhex(card_token(services.token_key, "T99910001")))
+            backoffice.set_hotlist(encode_full(1, [entry], BACK_OFFICE), '"h-1"')
+            assert wait_until(lambda: services.hotlist.version == "1", 10)
+            listed = validator.tap(card).record
+            for refused in (
+                encode_delta(5, 6, adds=[], removes=[entry], count=0, key=BACK_OFFICE),
+                encode_delta(1, 2, adds=[], removes=[entry], count=0, key=Ed25519PrivateKey.generate()),
+            ):
+                backoffice.set_hotlist(refused, f'"h-{len(refused)}-{refused[-1]}"')
+                assert not wait_until(lambda: services.hotlist.version != "1", 1.0), "a bad update was taken"
+            clock.advance(PASSBACK_CLEARED)
+            still = validator.tap(card).record
+            backoffice.set_hotlist(encode_delta(1, 2, adds=[], removes=[entry], count=0, key=BACK_OFFICE), '"h-2"')
+            assert wait_until(lambda: services.hotlist.version == "2", 10)
+            clock.advance(PASSBACK_CLEARED)
+            cleared = validator.tap(card).record
+    assert (listed["reason"], listed["hotlist_version"]) == ("hotlisted", "1")
+    assert (still["reason"], still["hotlist_version"]) == ("hotlisted", "1")
+    assert (cleared["result"], cleared["hotlist_version"]) == ("accepted", "2")
