@@ -16,7 +16,8 @@ Because the two PSAM commands are a convention, a PSAM of another scheme does no
 Its refusal is the terminal's shortcoming, not evidence against the card, so a failed
 authentication raises one of two errors: `PsamCannotAuthenticate` when a PSAM step answered a
 status word of `PSAM_CANNOT_AUTHENTICATE_SW` (the PSAM does not know or offer the command, the
-key or the algorithm), `CardNotGenuine` for everything else (the card's answer did not verify,
+key or the algorithm), or refused SELECT or GET CHALLENGE at all (steps that carry nothing of
+the card), `CardNotGenuine` for everything else (the card's answer did not verify,
 6300; the card refused the cryptogram; an answer was malformed). Anything not known to be the
 PSAM's shortcoming counts against the card: the check fails closed.
 
@@ -137,6 +138,10 @@ PSAM_STEPS = frozenset(
 )
 """The steps whose command goes to the PSAM (the others go to the card)."""
 
+PSAM_BEFORE_CARD_DATA = frozenset({AuthStep.PSAM_SELECT, AuthStep.PSAM_CHALLENGE})
+"""PSAM steps that carry nothing of the card: whatever status the PSAM answers there (a glitch,
+6F00, a memory error), it says nothing about the card, so it never refuses the card."""
+
 PSAM_CANNOT_AUTHENTICATE_SW: Mapping[int, str] = {
     0x6D00: "the PSAM does not know the command",
     0x6E00: "the PSAM does not know the command class",
@@ -246,7 +251,7 @@ def authenticate(
         step = AuthStep.EXTERNAL_AUTHENTICATE
         command(card, external_authenticate(cryptogram, cfg.key_id), "EXTERNAL AUTHENTICATE")
     except CardStatusError as exc:
-        if step in PSAM_STEPS and exc.sw in PSAM_CANNOT_AUTHENTICATE_SW:
+        if step in PSAM_BEFORE_CARD_DATA or (step in PSAM_STEPS and exc.sw in PSAM_CANNOT_AUTHENTICATE_SW):
             raise PsamCannotAuthenticate(step, exc) from exc
         raise CardNotGenuine(step, exc) from exc
     except ProtocolError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ class Rig:
             card_requests=None,
             clock=self.clock,
         )
-        self.published: list[dict[str, Any]] = []
+        self.published: list[Mapping[str, Any]] = []
         self.services.events.observe(self.published.append)
         self.pipeline = TapPipeline(self.services, READER)
 

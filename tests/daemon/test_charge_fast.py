@@ -39,7 +39,7 @@ from reader.daemon.recording import Recorder
 from reader.uplink.hotlist import encode_hotlist
 from sscard_sim.card import VirtualCard
 from sscard_sim.faults import Fault, FaultKind, FaultyChip
-from sscard_sim.profile import load_psam_profile
+from sscard_sim.profile import TUnionProfile, load_psam_profile
 from sscard_sim.psam import VirtualPsam
 from sscard_sim.state import MemoryStore
 from sscard_sim.tearing import TearingCard
@@ -76,6 +76,11 @@ def on_overdraft(own: int) -> VirtualCard:
     """The Chongqing card (allowance ¥5.00) holding `own` fen of its own money."""
     card = VirtualCard.from_profile("chongqing")
     return VirtualCard(card.profile, MemoryStore(card.memory.with_changes(balance=own)))
+
+
+def purse_profile(card: VirtualCard) -> TUnionProfile:
+    assert card.profile.tunion is not None, "a card with a T-Union purse"
+    return card.profile.tunion
 
 
 def token_of(rig: Rig, card: VirtualCard) -> str:
@@ -162,7 +167,7 @@ def test_marks_of_other_cards_are_kept_for_the_passback_window(rig: Rig) -> None
 def test_an_overdraft_is_recorded_as_own_money_with_the_allowance_apart(rig: Rig) -> None:
     """Own money 100, allowance 500, fare 200: the card counts 600 and 400, the record 100 and -100."""
     card = on_overdraft(100)
-    allowance = card.profile.tunion.overdraft_limit
+    allowance = purse_profile(card).overdraft_limit
     assert allowance == 500
     rig.tap(card)
     [record] = rig.records()
@@ -537,15 +542,18 @@ def test_the_terminal_number_of_a_torn_or_refused_purchase_is_kept_too(tmp_path:
             assert terminal_number_reads(rig) == 1, fault.kind.value
 
 
-def test_a_psam_failing_before_the_terminal_number_is_read_caches_nothing(tmp_path: Path) -> None:
+def test_a_purchase_stopped_before_the_terminal_number_keeps_none(tmp_path: Path) -> None:
     psam = FaultyChip(VirtualPsam.from_profile("demo-psam"))
     with Rig(tmp_path / "bus", psam=psam) as rig:
-        psam.inject(Fault(FaultKind.STATUS, index=1, sw=0x6F00))  # PSAM SELECT of the first purchase
+        psam.inject(Fault(FaultKind.STATUS, ins=0xA4, occurrence=2, sw=0x6F00))  # SSSE keys, then purchase
+        card = sichuan()
+        before = Purse.of(card)
+        rig.tap(card)
+        assert terminal_number_reads(rig) == 0
+        assert [r["reason"] for r in rig.records()] == ["purchase_failed"] and Purse.of(card) == before
         rig.tap(on_overdraft(2000))
-        rig.tap(sichuan())
-        reads = terminal_number_reads(rig)
-        assert [(r["reason"]) for r in rig.records()][-1] == "ok"
-        assert reads >= 1
+        assert terminal_number_reads(rig) == 1
+        assert [r["reason"] for r in rig.records()] == ["purchase_failed", "ok"]
 
 
 # ---------------------------------------------------------------------------- cards that never came back
@@ -565,7 +573,7 @@ def test_a_torn_debit_whose_card_never_returns_becomes_a_grey_record_after_the_w
     rig.advance(1)
     assert settle_expired(rig.services, TEARING_WINDOW, "grey-reader") == 1
     [record] = rig.records()
-    serial = inner.profile.tunion.public.application_serial
+    serial = purse_profile(inner).public.application_serial
     assert {k: record[k] for k in record if record[k] is not None} == {
         "schema_version": 2,
         "record_type": "grey",
@@ -783,7 +791,7 @@ def test_a_torn_debit_journalled_without_the_card_is_recorded_without_it(
     card.plan(ins=INS_DEBIT, when="after")
     torn_id = rig.tap(card)
     [pending] = rig.services.journal.all_pending()
-    serial = inner.profile.tunion.public.application_serial
+    serial = purse_profile(inner).public.application_serial
     recovery = dataclasses.replace(pending.recovery, application_serial=serial)
     rig.services.journal.begin_debit(PendingDebit(torn_id, recovery, pending.created_at, token, region, 0))
     rig.tap(card)

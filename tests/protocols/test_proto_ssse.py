@@ -9,7 +9,13 @@ import pytest
 from protocols import BadEncoding, BadLength, TruncatedData, UnexpectedTag, ssse
 from protocols.fci import parse_fci
 from protocols.image import Recorder, replay
-from protocols.ssse_auth import AuthStep, SsseAuthenticationFailed
+from protocols.ssse_auth import (
+    AuthStep,
+    CardNotGenuine,
+    PsamCannotAuthenticate,
+    SsseAuthenticationFailed,
+    authenticate,
+)
 from protocols.ssse_read import read_ssse
 from tests.protocols.proto_dumps import CARD_ID, PSAM_AID, dump, ef05_after_auth, ef05_before_auth, ef06
 
@@ -138,3 +144,21 @@ def test_psam_rejecting_the_card_stops_authentication() -> None:
         read_ssse(card, replay(dump(*psam_pairs)))
     assert info.value.step is AuthStep.PSAM_VERIFY_CARD
     assert info.value.cause.sw == 0x6300  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("sw", ["6F00", "6581", "6985"])
+def test_a_psam_failing_before_it_sees_the_card_does_not_refuse_the_card(sw: str) -> None:
+    """SELECT of the PSAM's key application carries nothing of the card: its failure is the PSAM's."""
+    card_auth, psam_pairs = _auth_pairs()
+    psam_pairs[0] = (psam_pairs[0][0], sw)
+    with pytest.raises(PsamCannotAuthenticate) as info:
+        authenticate(replay(dump(*card_auth)), replay(dump(*psam_pairs)), bytes.fromhex(CARD_ID), 0x03)
+    assert info.value.step is AuthStep.PSAM_SELECT and info.value.sw == int(sw, 16)
+
+
+def test_a_psam_failing_after_the_card_answered_still_counts_against_the_card() -> None:
+    """6F00 to VERIFY CARD is not a status by which a PSAM says it cannot: the check fails closed."""
+    card_auth, psam_pairs = _auth_pairs(verify_sw="6F00")
+    with pytest.raises(CardNotGenuine) as info:
+        authenticate(replay(dump(*card_auth)), replay(dump(*psam_pairs)), bytes.fromhex(CARD_ID), 0x03)
+    assert info.value.step is AuthStep.PSAM_VERIFY_CARD
