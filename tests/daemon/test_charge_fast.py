@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from protocols.exchange import Transmit
 from protocols.tunion import PROCESS_RECORD_LAYOUT
@@ -46,6 +47,14 @@ from sscard_sim.tearing import TearingCard
 from tests.daemon.bench import TAP_DAY, TracedCard
 from tests.daemon.fast_rig import READER, Purse, Rig
 from tests.support.taps import tap_record
+
+
+@pytest.fixture(autouse=True)
+def _named_in_the_logs() -> Iterator[None]:
+    """As the driver loop does: every event of a tap driven from here names a tap and the reader."""
+    with structlog.contextvars.bound_contextvars(tap_id="driven-directly", reader=READER):
+        yield
+
 
 INS_INITIALIZE = 0x50
 INS_DEBIT = 0x54

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from protocols.purchase import Recovery
 from reader.daemon.fares import Fare
@@ -27,6 +28,14 @@ from reader.uplink.hotlist import encode_hotlist
 from tests.daemon.bench import TAP_DAY
 from tests.daemon.fast_rig import READER, Rig
 from tests.support.taps import tap_record
+
+
+@pytest.fixture(autouse=True)
+def _named_in_the_logs() -> Iterator[None]:
+    """As the driver loop does: every event of a tap driven from here names a tap and the reader."""
+    with structlog.contextvars.bound_contextvars(tap_id="driven-directly", reader=READER):
+        yield
+
 
 SERIAL = "03104510100000009991"
 CARD = CardRef("b" * 64, "510100")

@@ -21,8 +21,8 @@ import pytest
 from sscard_sim.pcscd import PcscdBench
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("reader", "protocols", "config", "systemd", "pyproject.toml", "README.md", "LICENSE")
-KINDS = ("bus", "library", "pharmacy", "demo")
+SOURCES = ("reader", "protocols", "sscard_sim", "config", "systemd", "pyproject.toml", "README.md", "LICENSE")
+KINDS = ("bus", "library", "pharmacy", "canteen", "venue", "demo")
 
 
 def _pip(python: Path, *args: str, cwd: Path) -> None:
