@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
+
 from reader.daemon.band_cache import BandCache, KnownBand
 from reader.daemon.fares import AgeBand, band_until
 from sscard_sim.card import VirtualCard
@@ -43,6 +45,14 @@ def test_the_cache_keeps_a_band_until_its_day_and_forgets_on_new_bands() -> None
     assert cache.get("a", until, BANDS) is not None  # "a" is now the most recently used
     cache.put("c", KnownBand(None, None), BANDS)
     assert len(cache) == 2 and cache.get("b", until, BANDS) is None, "the least recently used goes first"
+
+
+def test_a_cache_holds_at_least_one_card() -> None:
+    one = BandCache(capacity=1)
+    one.put("a", KnownBand(None, None), BANDS)
+    assert one.get("a", dt.date(2026, 5, 20), BANDS) is not None
+    with pytest.raises(ValueError, match="a band cache holds at least one card"):
+        BandCache(capacity=0)
 
 
 def turning_65_tomorrow(folder: Path) -> VirtualCard:

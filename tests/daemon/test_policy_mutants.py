@@ -14,7 +14,7 @@ import datetime as dt
 import pytest
 
 from reader.daemon.fare_settings import bus_fare_rules
-from reader.daemon.fares import FareRide
+from reader.daemon.fares import CardType, FareRide, IssuerFacts, IssuerRules
 from reader.daemon.policy import (
     AgeBand,
     BusRules,
@@ -143,3 +143,47 @@ def test_holder_validity_counts_from_the_issue_date() -> None:
     assert (decision.outcome, decision.reason) == (Outcome.DENIED, Reason.NOT_YET_VALID)
     served = decide_holder(dataclasses.replace(tap, issued=NOW.date()), rules, NOW)
     assert (served.outcome, served.reason) == (Outcome.ACCEPTED, Reason.OK)
+
+
+# -- the operator's issuer rules and the fare table's card inputs, decided without readers --
+
+
+ISSUERS = IssuerRules(home_cities=frozenset({"5101"}), cities=frozenset({"5000"}))
+CHENGDU, CHONGQING, GUANGZHOU = (bytes.fromhex(h) for h in ("02005101FFFFFFFF", "02005000FFFFFFFF", "02004401FFFFFFFF"))
+
+
+@pytest.mark.parametrize(
+    ("issuer", "reason"),
+    [
+        pytest.param(IssuerFacts(CHENGDU, False), Reason.OK, id="home-city-whatever-its-flag"),
+        pytest.param(IssuerFacts(CHONGQING, True), Reason.OK, id="listed-city-interoperable"),
+        pytest.param(IssuerFacts(CHONGQING, False), Reason.NOT_INTEROPERABLE, id="listed-city-local-card"),
+        pytest.param(IssuerFacts(GUANGZHOU, True), Reason.ISSUER_NOT_ACCEPTED, id="city-not-listed"),
+        pytest.param(None, Reason.CARD_READ_FAILED, id="issuer-files-not-read"),
+    ],
+)
+def test_the_issuer_rules_come_after_the_region_and_before_validity(issuer: IssuerFacts | None, reason: Reason) -> None:
+    rules = dataclasses.replace(RULES, issuers=ISSUERS)
+    decision = decide_bus(dataclasses.replace(TAP, issuer=issuer), rules, NOW)
+    assert decision.reason is reason
+    assert (decision.outcome is Outcome.ACCEPTED) == (reason is Reason.OK)
+    expired = dataclasses.replace(TAP, issuer=issuer, expiry=NOW.date() - dt.timedelta(days=1))
+    if reason is not Reason.OK:
+        assert decide_bus(expired, rules, NOW).reason is reason, "the issuer is checked before validity"
+
+
+def test_without_issuer_rules_every_issuer_is_served() -> None:
+    assert decide_bus(dataclasses.replace(TAP, issuer=None), RULES, NOW).accepted
+
+
+def test_the_card_type_and_a_kept_band_reach_the_fare() -> None:
+    student = CardType("student", 0x02, 50)
+    table = dataclasses.replace(RULES.fares.table, card_types=(student,), age_bands=(AgeBand("senior", 65, 25),))
+    rules = dataclasses.replace(RULES, fares=dataclasses.replace(RULES.fares, table=table))
+    by_type = decide_bus(dataclasses.replace(TAP, card_type=0x02), rules, NOW).fare
+    assert by_type is not None and by_type.amount == 100
+    kept = decide_bus(dataclasses.replace(TAP, known_band=AgeBand("senior", 65, 25)), rules, NOW).fare
+    assert kept is not None and (kept.amount, kept.band) == (50, "senior")
+    adult = dataclasses.replace(TAP, birth_date=dt.date(1990, 1, 1), known_band=table.age_bands[0])
+    read = decide_bus(adult, rules, NOW)
+    assert read.fare is not None and read.fare.amount == 200, "a birth date read now beats a band kept from before"
