@@ -12,7 +12,7 @@ import sys
 import time
 from types import ModuleType
 
-from bench import apdu_roundtrip, hotlist, mqtt_drain, parsing, queue_throughput, startup, tap_overhead
+from bench import apdu_roundtrip, hotlist, mqtt_drain, parsing, queue_throughput, soak, startup, tap_overhead
 from bench.report import RESULTS, write
 from reader.log import configure_logging
 
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "queue_throughput": queue_throughput,
     "hotlist": hotlist,
     "mqtt_drain": mqtt_drain,
+    "soak": soak,
 }
 
 

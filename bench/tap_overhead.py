@@ -39,6 +39,7 @@ The overhead's p99 is the difference of the two paths' p99s (the taps are not pa
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import random
@@ -78,7 +79,10 @@ IN_PROCESS_TAPS = 300
 CARD_SLOT, SAM_SLOT = VPCD_READERS
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.toml"
 TAP_TIMEOUT_S = 10.0
-TARGET_OVERHEAD_MS = 3.0
+TARGET_OVERHEAD_MS = 2.0
+TARGET_OVERHEAD_P99_MS = 5.0
+TARGET_APDUS = {"first rider": 25, "repeat rider": 18}
+TARGET_AIR_REPEAT_MS = 150.0
 JOURNAL_CALLS = ("pending", "last_paid", "begin_debit", "recorded")
 
 
@@ -96,23 +100,38 @@ class Variant:
 
 
 def _variants() -> list[Variant]:
+    """The same repeat rider's card each tap, on bare devices and behind the link model."""
     card_profile = load_card_profile("sichuan")
-    psam_profile = load_psam_profile("demo-psam")
 
     def card() -> CardSide:
         return VirtualCard(card_profile, random=random.Random(1).randbytes)
 
-    def psam() -> CardSide:
-        return VirtualPsam(psam_profile, None, random.Random(2).randbytes)
-
     return [
-        Variant("virtual devices", card, psam),
-        Variant(
-            "air model",
-            lambda: AirInterface(card(), AirTiming(), CardProcessing()),
-            lambda: ContactInterface(psam(), ContactTiming()),
-        ),
+        Variant("virtual devices", card, _psam),
+        Variant("air model", lambda: AirInterface(card(), AirTiming(), CardProcessing()), _air_psam),
     ]
+
+
+def _psam() -> CardSide:
+    return VirtualPsam(load_psam_profile("demo-psam"), None, random.Random(2).randbytes)
+
+
+def _air_psam() -> CardSide:
+    return ContactInterface(_psam(), ContactTiming())
+
+
+def _first_riders() -> Variant:
+    """Behind the link model, a card never seen before at every tap (its own card number), so
+    the holder's band is read and the SSSE authenticated each time."""
+    profile = load_card_profile("sichuan")
+    numbers = itertools.count(1)
+
+    def card() -> CardSide:
+        ssse = dataclasses.replace(profile.ssse, card_number=f"T{next(numbers):08d}")
+        fresh = VirtualCard(dataclasses.replace(profile, ssse=ssse), random=random.Random(1).randbytes)
+        return AirInterface(fresh, AirTiming(), CardProcessing())
+
+    return Variant("air model, first rider", card, _air_psam)
 
 
 @dataclass
@@ -124,6 +143,7 @@ class TapTiming:
     first_apdu: float
     device: float
     apdus: int
+    card_apdus: int
     gap: float
     """Mean host time between an answer leaving a device and the next command reaching one."""
     tail: float
@@ -151,6 +171,7 @@ def _timing(
         first_apdu=(first - start) * 1000,
         device=(sum(a.end - a.start for a in in_tap) + max(0.0, powered)) * 1000,
         apdus=len(in_tap),
+        card_apdus=sum(1 for a in in_tap if a.slot == "card"),
         gap=1000 * sum(gaps) / max(1, len(gaps)),
         tail=(end - in_tap[-1].end) * 1000,
         sqlite={name: seconds * 1000 for name, seconds in sqlite.items()},
@@ -209,9 +230,12 @@ def _instrument(daemon: Daemon) -> _Stamps:
     return stamps
 
 
-def bench_config(workdir: Path) -> Config:
-    """config/demo.toml with its state in `workdir`, a fresh token key, and passback off."""
+def bench_config(workdir: Path, *, uplink: bool = True) -> Config:
+    """config/demo.toml with its state in `workdir`, a fresh token key, and passback off;
+    without its HTTP uplink when `uplink` is False (the taps stay queued)."""
     raw: dict[str, Any] = tomllib.loads(DEMO_CONFIG.read_text(encoding="utf-8"))
+    if not uplink:
+        del raw["uplink"]
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "token.key"
     key.write_text(secrets.token_hex(32))
@@ -408,7 +432,10 @@ def _rows(variant: str, daemon: list[TapTiming], replay: list[TapTiming], differ
         )
         return stats
 
-    d = add("daemon", "tap: pcscd first contact -> record committed", [t.total for t in daemon])
+    air_target = f"p50 <= {TARGET_AIR_REPEAT_MS:g} ms" if variant == "air model" else ""
+    d = add("daemon", "tap: pcscd first contact -> record committed", [t.total for t in daemon], air_target)
+    if air_target:
+        rows[-1]["meets"] = d["p50"] <= TARGET_AIR_REPEAT_MS
     r = add("bare replay", "tap: pcscd first contact -> last answer", [t.total for t in replay])
     for path, taps in (("daemon", daemon), ("bare replay", replay)):
         add(path, "device time (card + PSAM)", [t.device for t in taps])
@@ -431,8 +458,8 @@ def _rows(variant: str, daemon: list[TapTiming], replay: list[TapTiming], differ
             "p50": overhead_p50,
             "p99": d["p99"] - r["p99"],
             "mean": d["mean"] - r["mean"],
-            "target": f"p50 <= {TARGET_OVERHEAD_MS:g} ms",
-            "meets": overhead_p50 <= TARGET_OVERHEAD_MS,
+            "target": f"p50 <= {TARGET_OVERHEAD_MS:g} ms, p99 <= {TARGET_OVERHEAD_P99_MS:g} ms",
+            "meets": overhead_p50 <= TARGET_OVERHEAD_MS and d["p99"] - r["p99"] <= TARGET_OVERHEAD_P99_MS,
         }
     )
     rows.append(
@@ -464,10 +491,34 @@ def _rows(variant: str, daemon: list[TapTiming], replay: list[TapTiming], differ
             "unit": "APDUs",
             "n": len(replay),
             "p50": differing,
-            "apdus_per_tap": daemon[0].apdus if daemon else None,
         }
     )
+    if daemon:
+        rows.append(_apdu_row(variant, "repeat rider", daemon[0]))
     return rows
+
+
+def _apdu_row(variant: str, rider: str, tap: TapTiming) -> dict[str, Any]:
+    """The commands of one tap, counted at the devices: card + PSAM, against the rider's target."""
+    target = TARGET_APDUS[rider]
+    return {
+        "variant": variant,
+        "path": "daemon",
+        "metric": f"APDUs per tap, {rider} (card + PSAM)",
+        "unit": "APDUs",
+        "value": tap.apdus,
+        "card": tap.card_apdus,
+        "psam": tap.apdus - tap.card_apdus,
+        "target": f"<= {target}",
+        "meets": tap.apdus <= target,
+    }
+
+
+def _air_rows(variant: str, taps: list[TapTiming]) -> list[dict[str, Any]]:
+    """A first rider's tap behind the link model: its time and its commands."""
+    stats = percentiles([t.total for t in taps])
+    row = {"variant": variant, "path": "daemon", "metric": "tap: pcscd first contact -> record committed"}
+    return [{**row, "unit": "ms", **stats}, _apdu_row(variant, "first rider", taps[0])]
 
 
 def _handoff_rows() -> list[dict[str, Any]]:
@@ -524,6 +575,10 @@ def run() -> None:
             daemon_taps, script = _daemon_taps(daemon, _vpcd_slot, variant, psam, log, TAPS)
             replay, differing = _replay_taps(variant, psam, log, script, TAPS)
             rows += _rows(variant.name, daemon_taps, replay, differing)
+        first = _first_riders()
+        daemon = Daemon(bench_config(Path(tmp) / "first-riders"), notifier=SystemdNotifier(None))
+        first_taps, _ = _daemon_taps(daemon, _vpcd_slot, first, psam, log, TAPS)
+        rows += _air_rows(first.name, first_taps)
         rows += _in_process_rows(variants[0], Path(tmp) / "in-process", IN_PROCESS_TAPS)
     rows += _handoff_rows()
     air, contact, processing = AirTiming(), ContactTiming(), CardProcessing()

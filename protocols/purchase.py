@@ -1,6 +1,7 @@
 """The T-Union purchase as one conversation over the card's and the PSAM's transmit.
 
-    card  INITIALIZE FOR (CAPP) PURCHASE  -> balance, offline ATC, key version, random
+    card  INITIALIZE FOR (CAPP) PURCHASE  -> balance, offline ATC, overdraft limit, key version,
+                                             random; 9401 when the purse cannot pay
     PSAM  80 70 (MAC1 input, 36 bytes)    -> terminal sequence, MAC1
     card  UPDATE CAPP DATA CACHE (0x1A, 0x1E records; CAPP purchases only)
     card  DEBIT FOR (CAPP) PURCHASE       -> TAC, MAC2
@@ -120,6 +121,8 @@ class Recovery:
     terminal_id: bytes
     terminal_sequence: int
     time: dt.datetime
+    overdraft_limit: int = 0
+    """The allowance INITIALIZE answered, counted into `balance_before`: own money is the difference."""
 
     @property
     def proof_atc(self) -> int:
@@ -143,6 +146,8 @@ class PurchaseResult:
     mac2: bytes
     mac2_verified: bool
     mac2_error: Exception | None = None
+    overdraft_limit: int = 0
+    """The allowance the card counts into both balances (INITIALIZE's answer)."""
 
     @property
     def mac2_rejected(self) -> bool:
@@ -221,8 +226,7 @@ def purchase(
         if terminal_id is None and request.known_terminal is not None:
             terminal_id = request.known_terminal()
         if terminal_id is None:
-            raw = command(psam, psam_read_terminal_number(), "PSAM READ terminal number")
-            terminal_id = TERMINAL_NUMBER_LAYOUT.parse(raw).terminal_id
+            terminal_id = read_terminal_number(psam)
         step = Step.INITIALIZE
         init_request = InitPurchaseRequest(request.key_index, request.amount, terminal_id)
         init = INIT_PURCHASE_ANSWER_LAYOUT.parse(
@@ -260,6 +264,7 @@ def purchase(
         terminal_id=terminal_id,
         terminal_sequence=mac1.terminal_sequence,
         time=request.time,
+        overdraft_limit=init.overdraft_limit,
     )
     if before_debit is not None:
         before_debit(recovery)
@@ -271,6 +276,12 @@ def purchase(
     except Exception as exc:  # noqa: BLE001 - after the journal, any failure means "may be debited"
         return PurchaseFailure(Step.DEBIT, exc, recovery)
     return _finish(psam, recovery, debit.tac, debit.mac2)
+
+
+def read_terminal_number(psam: Transmit) -> bytes:
+    """The PSAM's terminal number (file 0x16 of its MF): a constant of the PSAM, read once at open."""
+    raw = command(psam, psam_read_terminal_number(), "PSAM READ terminal number")
+    return TERMINAL_NUMBER_LAYOUT.parse(raw).terminal_id
 
 
 def _finish(psam: Transmit, recovery: Recovery, tac: bytes, mac2: bytes) -> PurchaseResult:
@@ -293,6 +304,7 @@ def _finish(psam: Transmit, recovery: Recovery, tac: bytes, mac2: bytes) -> Purc
         mac2=mac2,
         mac2_verified=error is None,
         mac2_error=error,
+        overdraft_limit=recovery.overdraft_limit,
     )
 
 

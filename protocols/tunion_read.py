@@ -85,9 +85,9 @@ class PurseRead:
     state: PurseState
     public: PublicInfo | None = None
     """File 0x15 (from the FCI where the card puts it there); None unless USABLE."""
-    balance: int = 0
-    """The purse's own money (GET BALANCE P1 02); below zero while the card uses its overdraft."""
-    allowance: int = 0
+    balance: int | None = None
+    """The purse's own money (GET BALANCE P1 03); None when not read (INITIALIZE will answer it)."""
+    allowance: int | None = None
     """The overdraft allowance the card counts into the balance INITIALIZE answers with."""
     process_records: tuple[ProcessRecord, ...] = ()
     """The newest records of the journey log 0x1E, newest first (record 1 of the cyclic file)."""
@@ -96,11 +96,18 @@ class PurseRead:
 
 
 def read_purse(
-    transmit: Transmit, *, process_records: int = 0, management: bool = False, aid: bytes = AID_TUNION_EP
+    transmit: Transmit,
+    *,
+    process_records: int = 0,
+    management: bool = False,
+    balances: bool = True,
+    aid: bytes = AID_TUNION_EP,
 ) -> PurseRead:
     """SELECT the e-purse and read its public file, both balances and `process_records` of 0x1E.
 
     `management` reads file 0x17 too (one READ BINARY), for issuer and card-type rules.
+    `balances` False skips both GET BALANCE: a terminal that charges learns the balance, the
+    allowance and whether the purse can pay from INITIALIZE FOR PURCHASE itself (9401).
 
     A purse that is absent, locked or blocked is a state of the answer, not an error: the
     validator refuses such a card with a reason of its own. Every other refusal raises its
@@ -116,8 +123,10 @@ def read_purse(
     except ApplicationBlocked:
         return PurseRead(PurseState.BLOCKED)
     public = public_info(transmit, parse_fci(response.data, "T-Union FCI"))
-    own = read_balance(transmit, include_overdraft=False)
-    allowance = max(0, read_balance(transmit) - own)
+    own = allowance = None
+    if balances:
+        own = read_balance(transmit, include_overdraft=False)
+        allowance = max(0, read_balance(transmit) - own)
     raw = _records(transmit, SFI_PROCESS, process_records, PROCESS_RECORD_LAYOUT.size, absent=RECORD_ABSENT)
     info = _optional_binary(transmit, SFI_MANAGEMENT, MANAGEMENT_INFO_LAYOUT.size) if management else None
     return PurseRead(

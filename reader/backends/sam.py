@@ -7,13 +7,17 @@ command raises (ReaderUnavailable, CardRemoved) and the next command opens a fre
 A failed command is never replayed here: PSAM commands move counters and sessions, and only
 the caller knows whether repeating one is safe. `generation` grows with every (re)open, so
 the caller knows when the PSAM has lost its state (selected application, session) and must
-be set up again.
+be set up again. The PSAM's terminal number, a constant every purchase sends the card, is
+read as the channel opens and kept with it, so no tap spends a command on it.
 """
 
 from __future__ import annotations
 
 import threading
 
+from protocols.errors import ProtocolError
+from protocols.purchase import read_terminal_number
+from protocols.status import CardStatusError
 from reader.backends.base import (
     CardChannel,
     CardRemoved,
@@ -38,6 +42,8 @@ class SamSlot:
         self.reader = reader
         self.open_timeout = open_timeout
         self.generation = 0
+        self.terminal_number: bytes | None = None
+        """Read when the channel opened; None if the PSAM did not give it (the purchase asks then)."""
         self._channel: CardChannel | None = None
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -76,6 +82,15 @@ class SamSlot:
             raise SamNotPresent(self.reader.name, "no PSAM in the slot")
         self._channel = channel
         self.generation += 1
+        self.terminal_number = None
+        try:
+            self.terminal_number = read_terminal_number(channel.transmit)
+        except (CardStatusError, ProtocolError) as error:
+            _log.warning("sam_terminal_number_unread", reader=self.reader.name, error=str(error))
+        except (ReaderUnavailable, CardRemoved, TransmitTimeout) as error:
+            _log.warning("sam_channel_lost", reader=self.reader.name, error=str(error))
+            self._drop_locked()
+            raise
         _log.info("sam_channel_opened", reader=self.reader.name, generation=self.generation)
         return channel
 

@@ -21,7 +21,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocols.errors import TransportError
+from protocols.errors import ProtocolError, TransportError
 from protocols.exchange import Transmit
 from protocols.purchase import (
     CappUpdate,
@@ -35,8 +35,9 @@ from protocols.purchase import (
     purchase,
     recover,
 )
-from protocols.status import InsufficientBalance, MacInvalid
+from protocols.status import CardStatusError, InsufficientBalance, MacInvalid
 from protocols.tunion import PublicInfo
+from protocols.tunion_read import read_balance
 from reader.daemon.crashpoints import CrashPoint, crash_point, crash_points_armed
 from reader.daemon.journal import CardMark, PendingDebit
 from reader.daemon.outcome import CardRef, PurseOutcome, TapContext, TapOutcome
@@ -62,10 +63,9 @@ class CardSeen:
 
     card: CardRef | None
     """None only for a torn debit journalled without the card's token (an earlier journal)."""
-    balance: int
-    """The purse's own money (GET BALANCE P1 02); below zero while the card uses its overdraft."""
-    allowance: int
-    """The overdraft allowance the card counts into the balance it answers INITIALIZE with."""
+    balance: int | None = None
+    """The purse's own money when the kind read it before deciding (GET BALANCE P1 03); None
+    when the purchase is left to learn it: INITIALIZE answers the balance and the allowance."""
 
     def outcome(
         self,
@@ -89,15 +89,10 @@ class Charger:
     def __init__(self, services: Services, recorder: Recorder) -> None:
         self.services = services
         self.recorder = recorder
-        self._terminal: tuple[int, bytes] | None = None
-        """The PSAM's terminal number and the generation of the SAM channel it was read on:
-        a constant of the PSAM, read once per channel instead of once per tap."""
-        self._asked: int | None = None
-        """The SAM channel's generation when this purchase asked for the number (PSAM selected)."""
 
     # ------------------------------------------------------------------ torn debits
 
-    def settle_torn(self, card: Transmit, public: PublicInfo, tap: TapContext, balance: int) -> TapOutcome | None:
+    def settle_torn(self, card: Transmit, public: PublicInfo, tap: TapContext) -> TapOutcome | None:
         """The record of this card's torn debit if it has one that it paid; None to go on with the tap."""
         services = self.services
         pending = services.journal.pending(public.application_serial)
@@ -105,7 +100,7 @@ class Charger:
             return None
         tap.in_flight = True  # until the torn debit is settled, nothing may be recorded as denied
         ref = CardRef(pending.token, pending.region) if pending.token and pending.region else None
-        seen = CardSeen(ref, balance, pending.allowance)
+        seen = CardSeen(ref)
         psam = services.psam_transmit()
         result: PurchaseResult | NotDebited | PurchaseFailure
         if psam is None:
@@ -122,7 +117,8 @@ class Charger:
             return None
         log.info("tap_torn_debit_recovered", torn_tap_id=pending.tap_id, mac2_verified=result.mac2_verified)
         when = pending.created_at.astimezone(services.tz)
-        return self._debited(result, _fare_decision(pending.recovery), seen, when, original=pending.tap_id)
+        decision = _fare_decision(pending.recovery)
+        return self._debited(result, decision, seen, when, pending.allowance, original=pending.tap_id)
 
     def _record_torn_attempt(self, pending: PendingDebit, seen: CardSeen) -> None:
         """The torn tap never debited: it is recorded as a denied attempt under its own id."""
@@ -167,7 +163,8 @@ class Charger:
 
         def journal(recovery: Recovery) -> None:
             token, region = (seen.card.token, seen.card.region) if seen.card else (None, None)
-            services.journal.begin_debit(PendingDebit(tap.tap_id, recovery, tap.now, token, region, seen.allowance))
+            pending = PendingDebit(tap.tap_id, recovery, tap.now, token, region, recovery.overdraft_limit)
+            services.journal.begin_debit(pending)
             tap.in_flight = True
             crash_point(CrashPoint.JOURNAL_WRITTEN)
 
@@ -178,43 +175,33 @@ class Charger:
             public=public,
             before_debit=journal,
         )
-        self._remember_terminal(result)
         if isinstance(result, Declined):
             return self._declined(result, fare, seen, tap.now)
         if isinstance(result, PurchaseFailure):
-            log.warning("tap_purchase_failed", step=result.step.value, error=str(result.cause))
-            if result.may_be_debited:
-                return torn(Decision(Outcome.DENIED, Reason.CARD_REMOVED, fare))
-            reason = Reason.CARD_REMOVED if isinstance(result.cause, TransportError) else Reason.PURCHASE_FAILED
-            return seen.outcome(Decision(Outcome.DENIED, reason, fare))
-        return self._debited(result, decision, seen, tap.now)
+            return self._failed(card, result, fare, seen)
+        return self._debited(result, decision, seen, tap.now, result.overdraft_limit)
 
     def _known_terminal(self) -> bytes | None:
-        """The kept terminal number, if the SAM channel it was read on is still the one open.
+        """The terminal number the SAM channel read when it opened (None: the purchase reads it).
 
         Asked once the purchase has selected the PSAM, so a PSAM swapped since the last
-        purchase has had its channel reopened by then, and its own number is read.
+        purchase has had its channel reopened, and its own number read, by then.
         """
-        slot, known = self.services.psam, self._terminal
-        self._asked = slot.generation if slot is not None else None
-        if slot is None or known is None or known[0] != slot.generation:
-            return None
-        return known[1]
+        slot = self.services.psam
+        return slot.terminal_number if slot is not None else None
 
-    def _remember_terminal(self, result: PurchaseResult | PurchaseFailure | Declined) -> None:
-        """Keep the PSAM's terminal number while the SAM channel it came from stays open.
-
-        The number was taken (kept, or read) right after `_known_terminal` was asked, on the
-        channel of that moment; a channel reopened since then may hold another PSAM.
-        """
-        slot, generation = self.services.psam, self._asked
-        self._asked = None
-        if generation is None or slot is None or slot.generation != generation:
-            return
-        if isinstance(result, PurchaseResult):
-            self._terminal = (generation, result.terminal_id)
-        elif result.recovery is not None:
-            self._terminal = (generation, result.recovery.terminal_id)
+    def _failed(self, card: Transmit, result: PurchaseFailure, fare: Fare, seen: CardSeen) -> TapOutcome:
+        """A purchase that stopped: torn once journalled; before that, refused with its reason."""
+        log.warning("tap_purchase_failed", step=result.step.value, error=str(result.cause))
+        if result.may_be_debited:
+            return torn(Decision(Outcome.DENIED, Reason.CARD_REMOVED, fare))
+        if isinstance(result.cause, InsufficientBalance):
+            # INITIALIZE's 9401: the purse cannot pay, the allowance included. The rider is
+            # shown what it holds, read now if the kind did not read it before deciding.
+            balance = seen.balance if seen.balance is not None else own_balance(card)
+            return CardSeen(seen.card, balance).outcome(Decision(Outcome.DENIED, Reason.INSUFFICIENT_BALANCE, fare))
+        reason = Reason.CARD_REMOVED if isinstance(result.cause, TransportError) else Reason.PURCHASE_FAILED
+        return seen.outcome(Decision(Outcome.DENIED, reason, fare))
 
     def _declined(self, result: Declined, fare: Fare, seen: CardSeen, now: dt.datetime) -> TapOutcome:
         """The card refused DEBIT before touching its purse: a definite "not debited"."""
@@ -227,9 +214,9 @@ class Charger:
             reason = Reason.INSUFFICIENT_BALANCE
         else:
             reason = Reason.PURCHASE_FAILED
-        return seen.outcome(
-            Decision(Outcome.DENIED, reason, fare), settles=result.recovery.application_serial, mark=mark
-        )
+        recovery = result.recovery
+        own = CardSeen(seen.card, recovery.balance_before - recovery.overdraft_limit)
+        return own.outcome(Decision(Outcome.DENIED, reason, fare), settles=recovery.application_serial, mark=mark)
 
     def _debited(
         self,
@@ -237,23 +224,24 @@ class Charger:
         decision: Decision,
         seen: CardSeen,
         when: dt.datetime,
+        allowance: int,
         *,
         original: str | None = None,
     ) -> TapOutcome:
-        """The record of a debit; the card counts its overdraft allowance in, the record keeps it apart.
+        """The record of a debit; the card counts its overdraft `allowance` in, the record keeps it apart.
 
         `original` is the tap id of a torn debit recovered now: recorded under it, at `when`.
         """
         recovered = original is not None
         debit = Debit(
-            balance_before=result.balance_before - seen.allowance,
-            balance_after=result.balance_after - seen.allowance,
+            balance_before=result.balance_before - allowance,
+            balance_after=result.balance_after - allowance,
             atc=result.offline_atc,
             tac=result.tac.hex().upper(),
             psam_sequence=result.terminal_sequence,
             mac2_verified=result.mac2_verified,
             recovered=recovered,
-            overdraft_allowance=seen.allowance,
+            overdraft_allowance=allowance,
         )
         mark = (CardMark.PAID, when)
         if result.mac2_rejected and not recovered:
@@ -322,6 +310,16 @@ def settle_expired(services: Services, window: dt.timedelta, reader: str) -> int
         log.warning("tap_torn_debit_unconfirmed", torn_tap_id=pending.tap_id)
         settled += 1
     return settled
+
+
+def own_balance(card: Transmit) -> int | None:
+    """The purse's own money for the rider's display (GET BALANCE P1 03, the e-purse selected);
+    None when the card does not say: a display line is not worth refusing the tap for."""
+    try:
+        return read_balance(card, include_overdraft=False)
+    except (CardStatusError, ProtocolError, TransportError) as error:
+        log.warning("tap_balance_unread", error=str(error))
+        return None
 
 
 def crash_after(transmit: Transmit, ins: int, point: CrashPoint) -> Transmit:

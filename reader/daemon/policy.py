@@ -149,8 +149,6 @@ class BusTap:
     hotlisted: bool
     start: dt.date | None
     expiry: dt.date | None
-    balance: int
-    overdraft_limit: int
     birth_date: dt.date | None
     rides: tuple[FareRide, ...]
     last_paid: dt.datetime | None
@@ -169,7 +167,11 @@ def _denied(reason: Reason) -> Decision:
 
 
 def decide_bus(tap: BusTap, rules: BusRules, now: dt.datetime) -> Decision:
-    """Hotlist, a clone seen within the passback window, region, issuer, validity, passback, fare, funds."""
+    """Hotlist, a clone seen within the passback window, region, issuer, validity, passback, fare.
+
+    Whether the purse can pay is the card's to say: INITIALIZE FOR PURCHASE refuses (9401) an
+    amount beyond its balance and overdraft allowance, so the validator reads no balance first.
+    """
     if tap.hotlisted:
         return _denied(Reason.HOTLISTED)
     if within_passback(tap.last_refused, now, rules.passback):
@@ -189,8 +191,6 @@ def decide_bus(tap: BusTap, rules: BusRules, now: dt.datetime) -> Decision:
         return _denied(Reason.ALREADY_PAID)
     card = FareCard(tap.card_type, tap.birth_date, tap.rides, tap.known_band)
     fare = fare_for_tap(card, now, rules.fares.table, rules.fares.line_code)
-    if not has_funds(tap.balance, tap.overdraft_limit, fare.amount):
-        return Decision(Outcome.DENIED, Reason.INSUFFICIENT_BALANCE, fare)
     return Decision(Outcome.ACCEPTED, Reason.OK, fare)
 
 

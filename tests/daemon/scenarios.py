@@ -50,10 +50,10 @@ INS_UPDATE_CAPP = 0xDC
 INS_DEBIT = 0x54
 INS_PSAM_VERIFY_MAC2 = 0x72
 SELECT_EF05 = bytes.fromhex("00A4020002EF05")
-PURCHASE_SELECT = 5
-"""A card's first bus tap selects the T-Union, the SSSE, EF05, EF06, then the T-Union again
-for the purchase: the fifth SELECT is the purchase's own. Once the holder's band is kept
-(every later tap of the card) EF06 is not selected, and the purchase's SELECT is the fourth."""
+PURCHASE_SELECT = 4
+"""A card's first bus tap selects the SSSE, EF05, EF06, then the T-Union, once, for its files
+and the purchase: the fourth SELECT is the e-purse's. Once the holder's band is kept (every
+later tap of the card) EF06 is not selected, and the e-purse's SELECT is the third."""
 
 NEXT_RIDE = 120.0
 """Seconds between two rides of one card: past the 60 s passback window of the examples."""

@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,7 @@ def _named_in_the_logs() -> Iterator[None]:
         yield
 
 
+INS_GET_BALANCE = 0x5C
 INS_INITIALIZE = 0x50
 INS_DEBIT = 0x54
 INS_PROOF = 0x5A
@@ -81,10 +82,14 @@ def sichuan() -> VirtualCard:
     return VirtualCard.from_profile("sichuan")
 
 
+def holding(card: VirtualCard, own: int) -> VirtualCard:
+    """`card` holding `own` fen of its own money."""
+    return VirtualCard(card.profile, MemoryStore(card.memory.with_changes(balance=own)))
+
+
 def on_overdraft(own: int) -> VirtualCard:
     """The Chongqing card (allowance ¥5.00) holding `own` fen of its own money."""
-    card = VirtualCard.from_profile("chongqing")
-    return VirtualCard(card.profile, MemoryStore(card.memory.with_changes(balance=own)))
+    return holding(VirtualCard.from_profile("chongqing"), own)
 
 
 def purse_profile(card: VirtualCard) -> TUnionProfile:
@@ -317,7 +322,7 @@ def test_a_card_lost_after_the_attempt_is_recorded_is_denied_not_torn(rig: Rig) 
     before = Purse.of(inner)
     card.plan(ins=INS_DEBIT, when="before")
     rig.tap(card)
-    card.plan(ins=0xA4, when="before", occurrence=2)  # the SSSE's SELECT, after GET TRANSACTION PROOF
+    card.plan(ins=INS_INITIALIZE, when="before")  # the fresh charge, after GET TRANSACTION PROOF
     rig.tap(card)
     assert [(r["result"], r["reason"]) for r in rig.records()] == [
         ("denied", "card_removed"),
@@ -458,7 +463,7 @@ def test_a_mac2_answer_the_psam_garbles_leaves_a_paid_ride_unverified(tmp_path: 
     ],
     ids=["tear", "status"],
 )
-def test_a_purchase_stopped_before_the_journal_is_denied_with_the_balance(
+def test_a_purchase_stopped_before_the_journal_is_denied_claiming_no_money(
     rig: Rig, fault: Fault, reason: str, beep: str
 ) -> None:
     chip = FaultyChip(sichuan())
@@ -472,7 +477,7 @@ def test_a_purchase_stopped_before_the_journal_is_denied_with_the_balance(
         "denied",
         reason,
         FARE,
-        before.balance,
+        None,
     )
     assert record["card_token"] == token_of(rig, inner)
     assert Purse.of(inner) == before and rig.services.journal.all_pending() == []
@@ -551,18 +556,43 @@ def test_the_terminal_number_of_a_torn_or_refused_purchase_is_kept_too(tmp_path:
             assert terminal_number_reads(rig) == 1, fault.kind.value
 
 
-def test_a_purchase_stopped_before_the_terminal_number_keeps_none(tmp_path: Path) -> None:
+def test_a_psam_that_does_not_give_its_number_at_open_gives_it_to_the_purchase(tmp_path: Path) -> None:
     psam = FaultyChip(VirtualPsam.from_profile("demo-psam"))
+    psam.inject(Fault(FaultKind.STATUS, ins=0xB0, sw=0x6A82))  # READ BINARY 16 as the channel opens
     with Rig(tmp_path / "bus", psam=psam) as rig:
-        psam.inject(Fault(FaultKind.STATUS, ins=0xA4, occurrence=2, sw=0x6F00))  # SSSE keys, then purchase
         card = sichuan()
-        before = Purse.of(card)
         rig.tap(card)
-        assert terminal_number_reads(rig) == 0
-        assert [r["reason"] for r in rig.records()] == ["purchase_failed"] and Purse.of(card) == before
-        rig.tap(on_overdraft(2000))
-        assert terminal_number_reads(rig) == 1
-        assert [r["reason"] for r in rig.records()] == ["purchase_failed", "ok"]
+        assert terminal_number_reads(rig) == 2, "refused at open, then read by the purchase"
+        [record] = rig.records()
+        assert record["reason"] == "ok"
+        assert Purse.of(card).transactions[0].terminal_id == bytes.fromhex("510100000001")
+
+
+@pytest.mark.parametrize(
+    ("card", "shown"),
+    [(lambda: holding(sichuan(), 199), 199), (lambda: on_overdraft(-400), 0)],
+    ids=["own-money", "allowance-spent"],
+)
+def test_a_purse_that_cannot_pay_is_refused_by_initialize_and_shows_its_money(
+    rig: Rig, card: Callable[[], VirtualCard], shown: int
+) -> None:
+    """The validator reads no balance first: INITIALIZE answers 9401 (cards.md §2.5), nothing is journalled.
+
+    The allowance-spent card holds -4.00 of its own with an allowance of 5.00: 1.00 is left,
+    and GET BALANCE P1 03 (without the allowance) says 0.00.
+    """
+    inner = card()
+    before = Purse.of(inner)
+    rig.tap(inner)
+    [record] = rig.records()
+    assert (record["result"], record["reason"], record["fare"], record["balance_before"]) == (
+        "denied",
+        "insufficient_balance",
+        FARE,
+        shown,
+    )
+    assert Purse.of(inner) == before and rig.services.journal.all_pending() == []
+    assert rig.signals.wait(1)[0].lines[0] == "余额不足 Low balance"
 
 
 # ---------------------------------------------------------------------------- cards that never came back
@@ -719,7 +749,7 @@ def test_a_charge_without_a_fare_is_a_programming_error(rig: Rig) -> None:
             tap,
             purse.public,
             Decision(Outcome.ACCEPTED, Reason.OK),
-            CardSeen(None, 5000, 0),
+            CardSeen(None, 5000),
             None,
             key_index=1,
         )
@@ -733,7 +763,7 @@ def test_a_charge_without_a_psam_is_refused_before_anything_is_sent(rig: Rig) ->
     assert purse.public is not None
     rig.services.psam = None
     tap = TapContext("T-NO-PSAM", rig.services.now())
-    seen = CardSeen(CardRef("token", "510100"), purse.balance, purse.allowance)
+    seen = CardSeen(CardRef("token", "510100"), purse.balance)
     outcome = charger(rig).charge(transmit, tap, purse.public, ride(), seen, None, key_index=1)
     assert outcome == TapOutcome(
         Decision(Outcome.DENIED, Reason.PURCHASE_FAILED, ride().fare),
@@ -749,7 +779,7 @@ def test_a_charge_journals_the_debit_before_it_is_sent_with_the_card_and_its_all
     assert purse.public is not None
     card.plan(ins=INS_DEBIT, when="before")
     tap = TapContext("T-JOURNAL", rig.services.now())
-    seen = CardSeen(CardRef("token", "500103"), purse.balance, purse.allowance)
+    seen = CardSeen(CardRef("token", "500103"), purse.balance)
     outcome = charger(rig).charge(transmit, tap, purse.public, ride(), seen, None, key_index=1)
     assert outcome == TapOutcome(Decision(Outcome.DENIED, Reason.CARD_REMOVED, ride().fare), torn=True)
     assert tap.in_flight
@@ -774,7 +804,7 @@ def test_settling_without_a_psam_leaves_the_torn_debit_pending(rig: Rig) -> None
     transmit, purse = read(rig, inner)
     assert purse.public is not None
     tap = TapContext("T-LATER", rig.services.now())
-    outcome = charger(rig).settle_torn(transmit, purse.public, tap, purse.balance)
+    outcome = charger(rig).settle_torn(transmit, purse.public, tap)
     assert outcome == TapOutcome(Decision(Outcome.DENIED, Reason.CARD_REMOVED), torn=True)
     assert tap.in_flight, "a torn debit being settled is never recorded as denied"
     assert [p.tap_id for p in rig.services.journal.all_pending()] == [torn_id] and rig.records() == []
@@ -784,7 +814,7 @@ def test_a_card_with_no_torn_debit_goes_on_with_its_tap(rig: Rig) -> None:
     transmit, purse = read(rig, sichuan())
     assert purse.public is not None
     tap = TapContext("T-FRESH", rig.services.now())
-    assert charger(rig).settle_torn(transmit, purse.public, tap, purse.balance) is None
+    assert charger(rig).settle_torn(transmit, purse.public, tap) is None
     assert not tap.in_flight
 
 
@@ -879,7 +909,7 @@ def test_the_charge_uses_the_configured_psam_key_index(rig: Rig) -> None:
     transmit, purse = read(rig, card)
     assert purse.public is not None
     tap = TapContext("T-KEY", rig.services.now())
-    seen = CardSeen(CardRef("token", "510100"), purse.balance, purse.allowance)
+    seen = CardSeen(CardRef("token", "510100"), purse.balance)
     outcome = charger(rig).charge(transmit, tap, purse.public, ride(), seen, None, key_index=2)
     assert outcome.decision == Decision(Outcome.DENIED, Reason.PURCHASE_FAILED, ride().fare)
     assert Purse.of(card) == before and rig.services.journal.all_pending() == []
@@ -891,7 +921,7 @@ def test_a_charge_for_a_card_not_named_is_journalled_without_a_token(rig: Rig) -
     assert purse.public is not None
     card.plan(ins=INS_DEBIT, when="after")
     tap = TapContext("T-ANON", rig.services.now())
-    outcome = charger(rig).charge(transmit, tap, purse.public, ride(), CardSeen(None, 5000, 0), None, key_index=1)
+    outcome = charger(rig).charge(transmit, tap, purse.public, ride(), CardSeen(None, 5000), None, key_index=1)
     assert outcome.torn
     [pending] = rig.services.journal.all_pending()
     assert (pending.tap_id, pending.token, pending.region) == ("T-ANON", None, None)
@@ -904,8 +934,9 @@ def test_the_charge_sends_initialize_right_after_the_select_reading_no_file_agai
         rig.tap(card)
         instructions = [apdu[1] for apdu in card.commands]
         debit = instructions.index(INS_INITIALIZE)
-        assert instructions[debit - 2 :] == [0xB2, 0xA4, INS_INITIALIZE, 0xDC, INS_DEBIT], (
-            "after the SSSE's last READ RECORD: the bus kind's SELECT of the e-purse, then the purchase"
+        assert instructions[debit - 2 :] == [0xA4, 0xB2, INS_INITIALIZE, 0xDC, INS_DEBIT], (
+            "the SSSE read first, then the e-purse's SELECT and journey log, then the purchase"
         )
-        assert sum(1 for apdu in card.commands if apdu.startswith(SELECT_BY_NAME)) == 3, "e-purse, SSSE, e-purse"
+        assert sum(1 for apdu in card.commands if apdu.startswith(SELECT_BY_NAME)) == 2, "SSSE, e-purse"
+        assert INS_GET_BALANCE not in instructions, "INITIALIZE answers the balance"
         assert [r["reason"] for r in rig.records()] == ["ok"]

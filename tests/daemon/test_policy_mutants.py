@@ -44,8 +44,6 @@ TAP = BusTap(
     hotlisted=False,
     start=dt.date(2024, 1, 1),
     expiry=dt.date(2034, 1, 1),
-    balance=1000,
-    overdraft_limit=0,
     birth_date=None,
     rides=(),
     last_paid=None,
@@ -79,8 +77,6 @@ def test_a_future_dated_ride_is_charged_the_full_fare() -> None:
         hotlisted=False,
         start=None,
         expiry=None,
-        balance=1000,
-        overdraft_limit=0,
         birth_date=None,
         rides=(ride(-dt.timedelta(minutes=5)),),
         last_paid=None,
@@ -103,12 +99,6 @@ def test_a_card_refused_as_not_genuine_stays_refused_for_the_passback_window() -
 def test_a_bus_card_before_its_start_date_is_not_yet_valid() -> None:
     decision = decide_bus(dataclasses.replace(TAP, start=NOW.date() + dt.timedelta(days=1)), RULES, NOW)
     assert (decision.outcome, decision.reason) == (Outcome.DENIED, Reason.NOT_YET_VALID)
-
-
-def test_insufficient_balance_is_denied_with_the_fare_it_could_not_pay() -> None:
-    decision = decide_bus(dataclasses.replace(TAP, balance=199), RULES, NOW)
-    assert decision.outcome is Outcome.DENIED and decision.reason is Reason.INSUFFICIENT_BALANCE
-    assert decision.fare is not None and decision.fare.amount == 200
 
 
 @pytest.mark.parametrize(

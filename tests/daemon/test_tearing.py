@@ -59,7 +59,7 @@ def test_tear_and_return(tearing_run: TearingRun, index: int) -> None:
     assert torn.torn_command is not None and torn.torn_command[1] == step.ins, "the tear hit the planned command"
     if step.ins == INS_SELECT:
         assert torn.torn_command == select_purchase_app()
-        assert SELECT_EF05 in torn.commands_before_tear, "the purchase's SELECT, after the SSSE read"
+        assert SELECT_EF05 in torn.commands_before_tear, "the e-purse's SELECT, after the SSSE read"
     first, back = tap.signals
     assert (first.lines[0], first.beep) == (TAP_AGAIN, "warning")
     assert back.beep == "ok"

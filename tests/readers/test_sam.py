@@ -16,6 +16,9 @@ from sscard_sim.vpcd import VpcdLink
 from tests.conftest import SLOT1
 from tests.readers.cards import GET_DATA, CountingCard
 
+READ_TERMINAL_NUMBER = bytes.fromhex("00B0960006")
+"""READ BINARY of the PSAM's file 0x16, its terminal number (cards.md §2.6)."""
+
 
 def test_empty_slot_is_sam_not_present_then_the_psam_is_found() -> None:
     slot = SamSlot(InProcessReader("psam", ReaderKind.SAM), open_timeout=0.0)
@@ -24,9 +27,11 @@ def test_empty_slot_is_sam_not_present_then_the_psam_is_found() -> None:
     psam = CountingCard()
     assert isinstance(slot.reader, InProcessReader)
     slot.reader.insert(psam)
-    assert slot.transmit(GET_DATA) == bytes.fromhex("00019000")
     assert slot.transmit(GET_DATA) == bytes.fromhex("00029000")
+    assert slot.transmit(GET_DATA) == bytes.fromhex("00039000")
     assert slot.generation == 1  # one channel for every command
+    assert psam.received[0] == READ_TERMINAL_NUMBER, "the PSAM's number is asked as the channel opens"
+    assert slot.terminal_number is None, "a 2-byte answer is no terminal number: the purchase asks again"
     slot.close()
 
 
@@ -39,7 +44,7 @@ def test_pulled_psam_fails_once_and_a_new_one_is_opened() -> None:
     with pytest.raises(CardRemoved):
         slot.transmit(GET_DATA)
     reader.insert(CountingCard())
-    assert slot.transmit(GET_DATA) == bytes.fromhex("00019000")
+    assert slot.transmit(GET_DATA) == bytes.fromhex("00029000"), "after the new channel's READ BINARY 16"
     assert slot.generation == 2
     slot.close()
 
@@ -51,7 +56,7 @@ def test_psam_channel_survives_a_pcscd_restart(
         pytest.skip("pcscd was not started by the bench: not ours to restart")
     present(CountingCard(), SLOT1)
     slot = SamSlot(reader_for(SLOT1, ReaderKind.SAM), open_timeout=1.0)
-    assert slot.transmit(GET_DATA) == bytes.fromhex("00019000")
+    assert slot.transmit(GET_DATA) == bytes.fromhex("00029000")
     pcscd.restart()
     with pytest.raises((ReaderUnavailable, CardRemoved)):
         slot.transmit(GET_DATA)

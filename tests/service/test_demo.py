@@ -156,7 +156,7 @@ def test_fares_balances_and_signals_read_as_the_rider_sees_them(table_run: DemoR
         else:
             assert row.fare == "-" and row.beep in ("denied", "warning"), row
     assert sichuan.fare == "2.00" and sichuan.display == f"扣款 2.00 | 余额 {sichuan.balance}"
-    assert passback.balance == sichuan.balance, "a refused tap leaves the purse as it was"
+    assert passback.balance == "-", "a refused tap reads no balance: only INITIALIZE and free rides do"
     assert torn.display.startswith(f"扣款 2.00 | 余额 {torn.balance}")
     assert "请重新刷卡 Tap again (warning)" in torn.display, "the tear, then the recovered debit"
     assert (elder.fare, elder.display) == ("0.00", "免费乘车 elder | 余额 12.00")

@@ -1,11 +1,13 @@
-"""The bus validator: read the e-purse and the holder's age band, decide the fare, charge it.
+"""The bus validator: read the holder's age band and the e-purse, decide the fare, charge it.
 
-The card's bytes go down into `protocols` in three conversations: `read_purse` (SELECT, file
-0x15, both balances, the journey log when transfers are priced, file 0x17 when issuers or card
-types are priced), the SSSE (`open_ssse` for the card number and region, then
-`read_protected` for the birth date, which a repeat rider skips: `BandCache`), and
-`purchase`, through the `Charger` that journals it. A torn debit of the same card is settled
-between the first and the second, before anything else is sent to the card.
+The card's bytes go down into `protocols` in three conversations, in an order that selects
+each application once: the SSSE (`open_ssse` for the card number and region, then
+`read_protected` for the birth date, which a repeat rider skips: `BandCache`), `read_purse`
+(SELECT, file 0x15, the journey log when transfers are priced, file 0x17 when issuers or
+card types are priced; no GET BALANCE), and `purchase`, through the `Charger` that journals
+it. INITIALIZE FOR PURCHASE answers the balance and the allowance, and refuses (9401) a
+purse that cannot pay. A torn debit of the same card is settled right after the e-purse is
+read, before anything is charged.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from protocols.tunion_process import build_process_record
 from protocols.tunion_read import PurseState, read_purse
 from reader.config import BusSettings, ConfigError
 from reader.daemon.band_cache import BandCache, KnownBand
-from reader.daemon.charge import CardSeen, Charger
+from reader.daemon.charge import CardSeen, Charger, own_balance
 from reader.daemon.charge import ProcessRecord as RecordBuilder
 from reader.daemon.fares import AgeBand, IssuerFacts, age_on, band_for, band_until, ride_from_record
 from reader.daemon.journal import CardMark
@@ -74,16 +76,6 @@ class BusKind:
         tap.parameters_version = parameters.version if parameters is not None else None
         rules = bus_rules(settings, parameters)
         table = rules.fares.table
-        needs_management = rules.issuers is not None or bool(table.card_types)
-        purse = read_purse(
-            card, process_records=RECENT_RIDES if table.transfer else 0, management=needs_management
-        )
-        if purse.public is not None:
-            settled = self.charger.settle_torn(card, purse.public, tap, purse.balance)
-            if settled is not None:
-                return settled
-
-        problem = _PURSE_PROBLEMS.get(purse.state)
         try:
             session = open_ssse(card, (0x01, 0x07))
         except FileNotFound:
@@ -94,10 +86,23 @@ class BusKind:
             return _denied(Reason.CARD_READ_FAILED)
         ref = CardRef(services.token(number), card_id[:3].hex().upper())
         bands, day = table.age_bands, tap.now.date()
-        holder = self._holder(session, ref, bands, day, kept=True) if bands and problem is None else Holder()
+        holder = self._holder(session, ref, bands, day, kept=True) if bands else Holder()
         refusal = self._refusal(holder, ref, settings)
         if refusal is not None:
             return refusal
+
+        needs_management = rules.issuers is not None or bool(table.card_types)
+        purse = read_purse(
+            card,
+            process_records=RECENT_RIDES if table.transfer else 0,
+            management=needs_management,
+            balances=False,
+        )
+        if purse.public is not None:
+            settled = self.charger.settle_torn(card, purse.public, tap)
+            if settled is not None:
+                return settled
+        problem = _PURSE_PROBLEMS.get(purse.state)
         if problem is not None or purse.public is None:
             self._log_read(ref, holder, problem)
             return _denied(problem or Reason.CARD_READ_FAILED, ref)
@@ -108,8 +113,6 @@ class BusKind:
             hotlisted=services.hotlisted(ref.token),
             start=purse.public.start_date,
             expiry=purse.public.expiry_date,
-            balance=purse.balance,
-            overdraft_limit=purse.allowance,
             birth_date=holder.birth_date,
             known_band=holder.known.band if holder.known is not None else None,
             rides=tuple(ride_from_record(record, rules.fares.line_codec) for record in purse.process_records),
@@ -122,20 +125,22 @@ class BusKind:
         if holder.known is not None and not _charged(decision):
             # Only a charged ride proves the card, by the purchase's MACs; any other verdict
             # (free, already paid, refused) rests on the SSSE, so the card proves itself there.
+            session = dataclasses.replace(open_ssse(card, ()), values=session.values)
             holder = self._holder(session, ref, bands, day, kept=False)
             refusal = self._refusal(holder, ref, settings)
             if refusal is not None:
                 return refusal
             bus_tap = dataclasses.replace(bus_tap, birth_date=holder.birth_date, known_band=None)
             decision = decide_bus(bus_tap, rules, tap.now.replace(tzinfo=None))
+            if decision.accepted:
+                command(card, select_tunion(), "SELECT T-Union")  # back from the SSSE, for the ride
         self._log_read(ref, holder, problem)
-        seen = CardSeen(ref, purse.balance, purse.allowance)
+        seen = CardSeen(ref)
         if not decision.accepted or decision.fare is None:
             return seen.outcome(decision)
         if decision.fare.amount == 0:
-            return seen.outcome(decision, mark=(CardMark.PAID, tap.now))
-        # The SSSE read left the SSSE selected: back to the e-purse for the debit.
-        command(card, select_tunion(), "SELECT T-Union")
+            # Nothing is debited, so no INITIALIZE tells the balance: the rider is shown it all the same.
+            return CardSeen(ref, own_balance(card)).outcome(decision, mark=(CardMark.PAID, tap.now))
         record = self._ride_record(settings, rules.fares.line_code, purse.public, decision.fare.amount, tap.now)
         return self.charger.charge(card, tap, purse.public, decision, seen, record, key_index=settings.psam_key_index)
 

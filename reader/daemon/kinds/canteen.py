@@ -121,7 +121,7 @@ class CanteenKind:
         if settings.payment == "purse":
             purse = read_purse(card, process_records=0)
             if purse.public is not None:
-                settled = self.charger.settle_torn(card, purse.public, tap, purse.balance)
+                settled = self.charger.settle_torn(card, purse.public, tap)
                 if settled is not None:
                     return settled
             problem = _PURSE_PROBLEMS.get(purse.state)
@@ -207,8 +207,8 @@ class CanteenKind:
             last_meal=_local(counts.last(MEALS_SCOPE, ref.token), tap.now),
             purse_start=public.start_date if public else None,
             purse_expiry=public.expiry_date if public else None,
-            balance=purse.balance if purse is not None else 0,
-            overdraft_limit=purse.allowance if purse is not None else 0,
+            balance=(purse.balance or 0) if purse is not None else 0,
+            overdraft_limit=(purse.allowance or 0) if purse is not None else 0,
         )
 
     def _charge(
@@ -221,7 +221,7 @@ class CanteenKind:
         decision: Decision,
         ref: CardRef,
     ) -> TapOutcome:
-        seen = CardSeen(ref, purse.balance, purse.allowance)
+        seen = CardSeen(ref, purse.balance)
         if not decision.accepted or decision.fare is None or decision.fare.amount == 0:
             return seen.outcome(decision)
         record = self._meal_record(settings, public, decision.fare.amount, tap.now)
