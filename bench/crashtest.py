@@ -17,6 +17,7 @@ vpcd and takes long (about an hour for the whole of it): it is not part of `make
 
     python -m bench.crashtest                      # everything
     python -m bench.crashtest --kills 50 --only-crash-points
+    python -m bench.crashtest --kills 0 --shard 1/2   # half the matrix; 2/2 in another namespace
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill moments (default: random)")
     parser.add_argument("--only-crash-points", action="store_true", help="crash points and named cases only")
     parser.add_argument("--cases", nargs="*", default=None, help="run only these case ids")
+    parser.add_argument("--shard", default="1/1", help="K/N: run every N-th case from the K-th (parallel runs)")
     parser.add_argument("--verbose", action="store_true", help="each failed case on stderr as it is found")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the cases' files here")
+    parser.add_argument("--out", type=Path, default=RESULTS / "crashtest.json", help="where the details go")
     args = parser.parse_args(argv)
     configure_logging(level="error")
     started = time.monotonic()
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             if args.cases is not None:
                 cases = [case for case in cases if case.id in set(args.cases)]
+            shard, shards = (int(part) for part in args.shard.split("/"))
+            cases = cases[shard - 1 :: shards]
             runner = matrix.Runner(root, psam)
             for case in cases:
                 verdict = runner.run(case)
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     line = matrix.count_summary(verdicts, points, len(matrix.FAULT_KINDS))
     if kills is not None:
         line += f"; {kills.kills} random kills ({kills.mid_tap} during a tap) over {kills.taps} taps"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "summary": line,
         "seconds": round(time.monotonic() - started, 1),
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             if not v.ok
         ],
     }
-    (RESULTS / "crashtest.json").write_text(json.dumps(document, indent=1, default=str) + "\n", encoding="utf-8")
+    args.out.write_text(json.dumps(document, indent=1, default=str) + "\n", encoding="utf-8")
     print(line)
     return 0 if all(v.ok for v in verdicts) else 1
 

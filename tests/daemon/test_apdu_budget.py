@@ -14,6 +14,7 @@ from sscard_sim.tearing import TearingCard
 from tests.daemon.bench import TAP_DAY, ManualClock, Terminal, TracedCard, terminal_config
 
 INS_GET_RESPONSE = 0xC0
+INS_GET_BALANCE = 0x5C
 
 
 def test_the_psam_terminal_number_is_read_once_per_sam_channel(psam: TearingCard, tmp_path: Path) -> None:
@@ -45,3 +46,30 @@ def test_a_bus_tap_asks_the_card_nothing_twice_and_needs_no_get_response(psam: T
     assert all(apdu[1] != INS_GET_RESPONSE for apdu in sent), "SELECT asks for its FCI with Le"
     reads = [apdu for apdu in sent if apdu[1] in (0xB0, 0xB2, 0x5C)]
     assert len(reads) == len(set(reads)), "each file, record and balance is read once"
+
+
+def test_a_first_rider_needs_at_most_25_commands_and_a_repeat_rider_18(psam: TearingCard, tmp_path: Path) -> None:
+    """Counted at both devices: the SSSE first, the e-purse selected once, no GET BALANCE, the
+    PSAM's number read as its channel opened, and a repeat rider's band kept (no authentication)."""
+    inner = psam.card
+    traced_psam = TracedCard(inner)
+    psam.card = traced_psam
+    card = TracedCard(VirtualCard.from_profile("sichuan"))
+    clock = ManualClock(TAP_DAY)
+    counts = []
+    try:
+        with Terminal(terminal_config("bus", tmp_path), clock) as validator:
+            for _ in range(2):
+                card.clear()
+                traced_psam.clear()
+                tap = validator.tap(card)
+                assert tap.record["result"] == "accepted" and tap.record["fare"] == 200
+                counts.append((len(card.commands), len(traced_psam.commands)))
+                assert all(apdu[1] != INS_GET_BALANCE for apdu in card.commands), "INITIALIZE answers the balance"
+                clock.advance(3600)
+    finally:
+        psam.card = inner
+    (first_card, first_psam), (again_card, again_psam) = counts
+    assert first_card + first_psam <= 25, counts
+    assert again_card + again_psam <= 18, counts
+    assert again_psam < first_psam, "no SSSE authentication for the repeat rider"
