@@ -12,7 +12,7 @@ import sys
 import time
 from types import ModuleType
 
-from bench import apdu_roundtrip, hotlist, mqtt_drain, parsing, queue_throughput, soak, startup, tap_overhead
+from bench import apdu_roundtrip, fleet, hotlist, mqtt_drain, parsing, queue_throughput, soak, startup, tap_overhead
 from bench.report import RESULTS, write
 from reader.log import configure_logging
 
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "hotlist": hotlist,
     "mqtt_drain": mqtt_drain,
     "soak": soak,
+    "fleet": fleet,
 }
 
 
@@ -58,13 +59,21 @@ def main(argv: list[str]) -> int:
         print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
     started = time.monotonic()
+    failed: list[str] = []
     for name in names:
         began = time.monotonic()
-        BENCHMARKS[name].run()
+        try:
+            BENCHMARKS[name].run()
+        except Exception as error:  # noqa: BLE001 - one benchmark that cannot finish does not hide the others
+            print(f"({name} failed: {type(error).__name__}: {error})", file=sys.stderr, flush=True)
+            failed.append(name)
+            continue
         print(f"({name}: {time.monotonic() - began:.0f} s)", flush=True)
-    summary(names)
+    summary([name for name in names if name not in failed])
     print(f"\n(all benchmarks: {time.monotonic() - started:.0f} s)")
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

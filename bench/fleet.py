@@ -180,6 +180,7 @@ class Child:
     """One process of terminals and the last figures it reported."""
 
     def __init__(self, first: int, count: int, port: int, public_key_hex: str, workdir: Path) -> None:
+        self.first = first
         self.count = count
         self.proc = subprocess.Popen(
             [
@@ -221,14 +222,21 @@ class Child:
         self.proc.stdin.flush()
 
     def finish(self, timeout: float = 120.0) -> None:
-        self.send("exit")
+        """Wait for the child to end, once it has been sent "exit"."""
         self.proc.wait(timeout)
         self._reader.join(10)
 
 
-def _wait(what: str, condition: Any, cap: float = PHASE_CAP_S) -> float:
+class ChildDied(RuntimeError):
+    """A child process of terminals ended before it was told to."""
+
+
+def _wait(what: str, condition: Any, children: list[Child], cap: float = PHASE_CAP_S) -> float:
     started = time.monotonic()
     while not condition():
+        dead = [(c.first, c.proc.returncode) for c in children if c.final is None and c.proc.poll() is not None]
+        if dead:
+            raise ChildDied(f"fleet: while waiting for {what}, children (first terminal, exit status) ended: {dead}")
         if time.monotonic() - started > cap:
             raise TimeoutError(f"fleet: {what} not reached in {cap} s")
         time.sleep(0.05)
@@ -274,35 +282,37 @@ def measure(workdir: Path) -> list[dict[str, Any]]:
         def on_version(version: str) -> int:
             return sum(c.status.get("versions", []).count(version) for c in children)
 
-        first_up_s = _wait("all connected at start", lambda: connected() == workers)
+        first_up_s = _wait("all connected at start", lambda: connected() == workers, children)
         first_up_s = time.monotonic() - started
         backlog = TERMINALS * BACKLOG
-        _wait("a third of the backlog delivered", lambda: len(sink.taps) >= backlog // 3)
+        _wait("a third of the backlog delivered", lambda: len(sink.taps) >= backlog // 3, children)
         delivered_before = len(sink.taps)
         broker.stop()
         down_at = time.monotonic()
-        _wait("every client noticed", lambda: connected() == 0, cap=60)
+        _wait("every client noticed", lambda: connected() == 0, children, cap=60)
         time.sleep(max(0.0, DOWN_S - (time.monotonic() - down_at)))
         broker.start()
         up_at = time.monotonic()
         # Every terminal's own reconnect time comes from its own report (below); this is when all were back.
-        _wait("all reconnected", lambda: connected() == workers)
+        _wait("all reconnected", lambda: connected() == workers, children)
         for child in children:
             child.send("stop_producing")
-        _wait("producers stopped", lambda: all(c.enqueued is not None for c in children))
+        _wait("producers stopped", lambda: all(c.enqueued is not None for c in children), children)
         expected = {
             (tid, tap_id)
             for c in children
             for tid, n in (c.enqueued or {}).items()
             for tap_id in (f"0000-{i:010d}" for i in range(n))
         }
-        _wait("every queue empty", lambda: all(c.status.get("depth", 1) == 0 for c in children))
+        _wait("every queue empty", lambda: all(c.status.get("depth", 1) == 0 for c in children), children)
         sink.wait_for(len(expected), 30)
         time.sleep(1.0)  # let late duplicates arrive before counting them
         received = set(sink.taps)
         hotlist_at = time.monotonic()
         publish_hotlist(2)
-        _wait("hotlist 2 everywhere", lambda: on_version("2") == TERMINALS, cap=120)
+        _wait("hotlist 2 everywhere", lambda: on_version("2") == TERMINALS, children, cap=120)
+        for child in children:
+            child.send("exit")  # all at once: each child takes seconds to stop its workers
         for child in children:
             child.finish()
     finally:

@@ -8,8 +8,10 @@
    closes it as not debited; a card refusing MAC1 (9302) is not genuine, and is refused at
    once for the passback window;
 4. when the same card comes back, GET TRANSACTION PROOF settles the torn debit (debited: its
-   record is written with the original tap id; not debited: the tap charges afresh), before
-   anything else is sent to the card, while the PSAM may still hold the purchase session;
+   record is written with the original tap id; not debited: the tap charges afresh) as soon
+   as the e-purse is read, before anything is charged. The PSAM may still hold the purchase
+   session then and verify MAC2, unless the kind has just used it to authenticate the card
+   (a holder's band not kept, as after a restart): the TAC stands, MAC2 stays unverified;
 5. entries whose card never returned are recorded as unconfirmed by `settle_expired`, so no
    committed debit goes unrecorded. Settlement is idempotent: a record already queued under
    the tap id means the debit is settled.
