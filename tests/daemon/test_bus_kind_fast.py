@@ -20,6 +20,7 @@ from reader.daemon.journal import CardMark
 from reader.uplink.hotlist import encode_hotlist
 from sscard_sim.card import VirtualCard
 from sscard_sim.faults import Fault, FaultKind, FaultyChip
+from sscard_sim.psam import VirtualPsam
 from tests.daemon.bench import TAP_DAY, TracedCard
 from tests.daemon.fast_rig import READER, Purse, Rig
 
@@ -152,4 +153,88 @@ def test_a_hotlisted_card_is_refused_before_any_money_moves(rig: Rig) -> None:
     rig.tap(card)
     [record] = rig.records()
     assert (record["result"], record["reason"], record["hotlist_version"]) == ("denied", "hotlisted", "7")
+    assert INS_INITIALIZE not in instructions(card) and Purse.of(inner) == before
+
+
+def test_a_card_pulled_before_it_answers_anything_is_asked_to_tap_again(rig: Rig) -> None:
+    card = FaultyChip(VirtualCard.from_profile("sichuan"))
+    card.inject(Fault(FaultKind.TEAR_BEFORE, ins=INS_SELECT))
+    rig.tap(card)
+    [record] = rig.records()
+    assert (record["result"], record["reason"], record["fare"], record["card_token"]) == (
+        "denied",
+        "card_removed",
+        None,
+        None,
+    )
+    assert rig.signals.wait(1)[0].beep == "warning"
+    assert rig.services.journal.all_pending() == []
+
+
+def test_a_garbled_answer_before_any_debit_is_a_failed_read(rig: Rig) -> None:
+    card = FaultyChip(VirtualCard.from_profile("sichuan"))
+    card.inject(Fault(FaultKind.ONE_BYTE, ins=0xB2))  # READ RECORD 01 of EF05: one byte
+    rig.tap(card)
+    [record] = rig.records()
+    assert (record["result"], record["reason"], record["card_token"]) == ("denied", "card_read_failed", None)
+    assert rig.signals.wait(1)[0].beep == "denied"
+
+
+def test_a_psam_missing_when_a_first_rider_must_be_authenticated_is_named(rig: Rig) -> None:
+    """The card is not at fault: the record says the PSAM was unavailable, and nothing is charged."""
+    rig.psam_reader.remove()
+    assert rig.services.psam is not None
+    rig.services.psam.open_timeout = 0.0
+    inner = VirtualCard.from_profile("sichuan")
+    before = Purse.of(inner)
+    rig.tap(inner)
+    [record] = rig.records()
+    assert (record["result"], record["reason"], record["fare"]) == ("denied", "psam_unavailable", None)
+    assert Purse.of(inner) == before
+
+
+def psam_without_ssse_keys() -> FaultyChip:
+    """The demo PSAM refusing the SELECT of its SSSE key application (6A82): it cannot authenticate."""
+    psam = FaultyChip(VirtualPsam.from_profile("demo-psam"))
+    psam.inject(Fault(FaultKind.STATUS, ins=INS_SELECT, occurrence=1, sw=0x6A82))
+    return psam
+
+
+def test_a_psam_that_cannot_authenticate_leaves_the_ride_at_full_fare(tmp_path: Path) -> None:
+    """`on_birth_date_unreadable = "full_fare"` (the default): the card is not at fault, no band applies."""
+    with Rig(tmp_path / "bus", psam=psam_without_ssse_keys()) as rig:
+        inner = VirtualCard.from_profile("elderly")
+        before = Purse.of(inner)
+        rig.tap(inner)
+        [record] = rig.records()
+        assert (record["result"], record["reason"], record["fare"], record["concession"]) == (
+            "accepted",
+            "ok",
+            200,
+            None,
+        )
+        assert Purse.of(inner).balance == before.balance - 200
+
+
+def test_a_psam_that_cannot_authenticate_refuses_the_ride_where_configured(tmp_path: Path) -> None:
+    with Rig(tmp_path / "bus", psam=psam_without_ssse_keys()) as rig:
+        config = rig.services.config
+        assert config.bus is not None
+        refusing = config.bus.model_copy(update={"on_birth_date_unreadable": "refuse"})
+        rig.services.config = config.model_copy(update={"bus": refusing})
+        inner = VirtualCard.from_profile("elderly")
+        before = Purse.of(inner)
+        rig.tap(inner)
+        [record] = rig.records()
+        assert (record["result"], record["reason"], record["fare"]) == ("denied", "psam_cannot_authenticate", None)
+        assert record["card_token"] == token_of(rig, inner) and Purse.of(inner) == before
+
+
+def test_a_clone_that_fails_the_authentication_is_not_genuine_and_pays_nothing(rig: Rig) -> None:
+    inner = VirtualCard.from_profile("cloned")
+    before = Purse.of(inner)
+    card = TracedCard(inner)
+    rig.tap(card)
+    [record] = rig.records()
+    assert (record["result"], record["reason"], record["fare"]) == ("denied", "card_not_genuine", None)
     assert INS_INITIALIZE not in instructions(card) and Purse.of(inner) == before
