@@ -27,6 +27,7 @@ import pytest
 import structlog
 
 from protocols.exchange import Transmit
+from protocols.purchase import Recovery
 from protocols.tunion import PROCESS_RECORD_LAYOUT
 from protocols.tunion_read import PurseRead, read_purse
 from reader.backends.base import CardSide
@@ -591,8 +592,52 @@ def test_a_purse_that_cannot_pay_is_refused_by_initialize_and_shows_its_money(
         FARE,
         shown,
     )
+    assert record["card_token"] == token_of(rig, inner), "the refused card is named"
     assert Purse.of(inner) == before and rig.services.journal.all_pending() == []
     assert rig.signals.wait(1)[0].lines[0] == "余额不足 Low balance"
+
+
+def test_a_debit_refused_on_the_overdraft_records_the_purse_s_own_money(rig: Rig) -> None:
+    """INITIALIZE counts the allowance into the balance (cards.md §2.5): the record takes it out again."""
+    card = FaultyChip(on_overdraft(1000))
+    inner = card.card
+    assert isinstance(inner, VirtualCard)
+    before = Purse.of(inner)
+    card.inject(Fault(FaultKind.STATUS, ins=INS_DEBIT, sw=0x9401))
+    rig.tap(card)
+    [record] = rig.records()
+    assert (record["result"], record["reason"], record["balance_before"]) == ("denied", "insufficient_balance", 1000)
+    assert Purse.of(inner) == before and rig.services.journal.all_pending() == []
+
+
+def test_a_torn_debit_is_settled_on_the_e_purse_as_read_without_selecting_it_again(rig: Rig) -> None:
+    inner = sichuan()
+    card = TearingCard(inner)
+    card.plan(ins=INS_DEBIT, when="after")
+    rig.tap(card)
+    traced = TracedCard(inner)
+    rig.tap(traced)
+    sent = [apdu[1] for apdu in traced.commands]
+    proof = sent.index(INS_PROOF)
+    select_purse = max(i for i, ins in enumerate(sent[:proof]) if ins == 0xA4)
+    assert 0xB0 not in sent[select_purse:proof], "file 0x15 came with the FCI; nothing is read twice"
+    selects = [apdu for apdu in traced.commands if apdu.startswith(SELECT_BY_NAME)]
+    assert len(selects) == 2, "the SSSE and the e-purse, once each"
+
+
+def test_a_torn_debit_already_recorded_does_not_hold_up_the_others(rig: Rig) -> None:
+    """Settlement is idempotent: an entry whose tap is queued already is cleared, and the next one settled."""
+    when = rig.services.now()
+    first = Recovery("03104510100000009991", 41, 0x09, FARE, 5000, bytes(6), 7, when.replace(tzinfo=None))
+    second = dataclasses.replace(first, application_serial="03104510100000009992", offline_atc=42)
+    journal = rig.services.journal
+    journal.begin_debit(PendingDebit("T-RECORDED", first, when, "ab" * 32, "510100"))
+    journal.begin_debit(PendingDebit("T-OPEN", second, when + dt.timedelta(seconds=1), "cd" * 32, "510100"))
+    rig.services.queue.enqueue(tap_record(1, terminal_id=rig.config.terminal.id) | {"tap_id": "T-RECORDED"})
+    rig.advance(TEARING_WINDOW.total_seconds() + 5)
+    assert settle_expired(rig.services, TEARING_WINDOW, READER) == 1
+    assert journal.all_pending() == []
+    assert [r["tap_id"] for r in rig.records()] == ["T-RECORDED", "T-OPEN"]
 
 
 # ---------------------------------------------------------------------------- cards that never came back
