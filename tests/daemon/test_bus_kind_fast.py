@@ -29,6 +29,7 @@ INS_INTERNAL_AUTHENTICATE = 0x88
 INS_GET_BALANCE = 0x5C
 INS_INITIALIZE = 0x50
 SELECT_SSSE = bytes.fromhex("00A404000F")
+OUT_OF_SERVICE_TEXT = "暂停服务 Out of service"
 """SELECT of the SSSE by its 15-byte AID (cards.md §1.2)."""
 
 
@@ -238,3 +239,16 @@ def test_a_clone_that_fails_the_authentication_is_not_genuine_and_pays_nothing(r
     [record] = rig.records()
     assert (record["result"], record["reason"], record["fare"]) == ("denied", "card_not_genuine", None)
     assert INS_INITIALIZE not in instructions(card) and Purse.of(inner) == before
+
+
+def test_a_full_queue_refuses_the_next_tap_before_the_card_is_read(tmp_path: Path) -> None:
+    """Nothing may be charged that cannot be recorded: the terminal says it is out of service."""
+    with Rig(tmp_path / "bus", queue={"max_taps": 1}) as rig:
+        rig.tap(VirtualCard.from_profile("sichuan"))
+        inner = VirtualCard.from_profile("chongqing")
+        card = TracedCard(inner)
+        before = Purse.of(inner)
+        rig.tap(card)
+        assert len(rig.records()) == 1 and card.commands == [] and Purse.of(inner) == before
+        refused = rig.signals.wait(2)[1]
+        assert (refused.lines[0], refused.beep) == (OUT_OF_SERVICE_TEXT, "denied")
